@@ -1,0 +1,11 @@
+"""Models: TS-CAM (and TRT), their factories, and checkpoint files."""
+from .heads import HEADS, SemanticHead, create_head
+from .registry import (create_model, list_architectures, load_model, model_from_state, model_state,
+                       register_architecture, save_model)
+from .tscam import TSCAM, TSCAMOutput, create_tscam
+
+__all__ = [
+    "HEADS", "SemanticHead", "create_head", "create_model", "list_architectures", "load_model",
+    "model_from_state", "model_state", "register_architecture", "save_model", "TSCAM", "TSCAMOutput",
+    "create_tscam",
+]

@@ -1,0 +1,320 @@
+"""The one module that knows timm Vision Transformer internals.
+
+Everything else in tscam-explain goes through these functions for:
+
+* the token layout: how many prefix tokens (CLS, distillation, registers) precede the patch tokens,
+  and the patch grid for a given input size (``dynamic_img_size`` and non-square inputs included);
+* moving between token sequences and (B, D, gh, gw) grids;
+* running the pieces of a ViT forward (embedding, blocks, final norm, the model's own classifier);
+* capturing every block's CLS attention row with timm's fused attention kept on
+  (:class:`CLSAttentionRecorder`);
+* the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+__all__ = [
+    "TokenLayout",
+    "CLSAttentionRecorder",
+    "ViTReshapeTransform",
+    "check_vit",
+    "check_input",
+    "token_layout",
+    "split_tokens",
+    "tokens_to_grid",
+    "embed_tokens",
+    "token_class_scores",
+    "resolve_block_indices",
+]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where the patch tokens sit in a ViT's token sequence for one input size.
+
+    Args:
+        num_prefix_tokens: CLS + distillation + register tokens before the patches.
+        grid: patch grid (rows, cols); patches follow the prefix row-major.
+    """
+
+    num_prefix_tokens: int
+    grid: Tuple[int, int]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def check_vit(model: nn.Module, *, needs_class_token: bool = True) -> VisionTransformer:
+    """Return ``model`` if it is a ViT these tools support, else raise ``TypeError``.
+
+    Supported: timm ``VisionTransformer`` and its subclasses (DeiT, DeiT-distilled, register-token
+    models, ``dynamic_img_size`` models) whose blocks use timm's standard ``Attention`` with
+    ``q_norm``/``k_norm`` modules.
+
+    Args:
+        model: the model to check.
+        needs_class_token: whether the caller needs a CLS token (attention-based maps do).
+    """
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(
+            f"expected a timm VisionTransformer (e.g. timm.create_model('deit_small_patch16_224')), "
+            f"got {type(model).__name__}"
+        )
+    for index, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if attn is None or not all(hasattr(attn, name) for name in ("q_norm", "k_norm", "num_heads", "scale")):
+            raise TypeError(
+                f"block {index} of {type(model).__name__} has no timm Attention with q_norm/k_norm "
+                f"(found {type(attn).__name__}); expected timm's standard ViT attention"
+            )
+    if needs_class_token and model.cls_token is None:
+        raise TypeError(
+            f"{type(model).__name__} has no class token (class_token=False); "
+            "attention-based maps need the CLS attention row"
+        )
+    return model
+
+
+def token_layout(model: VisionTransformer, input_size: Tuple[int, int]) -> TokenLayout:
+    """Token layout of ``model`` for an input of ``input_size`` = (H, W).
+
+    Raises ``ValueError`` when a fixed-size model is given another input size.
+    """
+    patch_embed = model.patch_embed
+    if model.dynamic_img_size:
+        grid = tuple(patch_embed.dynamic_feat_size(tuple(input_size)))
+    else:
+        expected = tuple(patch_embed.img_size)
+        if tuple(input_size) != expected and getattr(patch_embed, "strict_img_size", True):
+            raise ValueError(
+                f"input size {tuple(input_size)} does not match the model's img_size {expected}; "
+                "resize the input or create the model with dynamic_img_size=True"
+            )
+        grid = tuple(patch_embed.grid_size)
+    return TokenLayout(num_prefix_tokens=model.num_prefix_tokens, grid=(int(grid[0]), int(grid[1])))
+
+
+def check_input(model: VisionTransformer, input_tensor: torch.Tensor) -> TokenLayout:
+    """Validate an image batch for ``model`` and return its token layout.
+
+    Args:
+        model: the ViT that will see the batch.
+        input_tensor: float tensor (B, C, H, W).
+    """
+    if not isinstance(input_tensor, torch.Tensor):
+        raise TypeError(f"input_tensor must be a torch.Tensor of shape (B, C, H, W), got {type(input_tensor).__name__}")
+    if input_tensor.dim() != 4:
+        raise ValueError(
+            f"input_tensor must be 4-D (B, C, H, W), got shape {tuple(input_tensor.shape)}; "
+            "add a batch dimension with input_tensor.unsqueeze(0)"
+        )
+    channels = model.patch_embed.proj.in_channels
+    if input_tensor.shape[1] != channels:
+        raise ValueError(f"input_tensor has {input_tensor.shape[1]} channels, the model expects {channels}")
+    if not input_tensor.is_floating_point():
+        raise TypeError(f"input_tensor must be a floating-point tensor, got {input_tensor.dtype}")
+    if not torch.isfinite(input_tensor).all():
+        raise ValueError("input_tensor contains NaN or Inf values")
+    return token_layout(model, tuple(input_tensor.shape[-2:]))
+
+
+def split_tokens(tokens: torch.Tensor, layout: TokenLayout) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Split (B, N, D) tokens into prefix tokens (B, P, D) and patch tokens (B, n, D)."""
+    if tokens.shape[1] != layout.num_prefix_tokens + layout.num_patches:
+        raise ValueError(
+            f"expected {layout.num_prefix_tokens} prefix + {layout.num_patches} patch tokens, "
+            f"got a sequence of {tokens.shape[1]}"
+        )
+    return tokens[:, : layout.num_prefix_tokens], tokens[:, layout.num_prefix_tokens:]
+
+
+def tokens_to_grid(patch_tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(B, n, D) row-major patch tokens → (B, D, gh, gw)."""
+    batch, count, dim = patch_tokens.shape
+    if count != layout.num_patches:
+        raise ValueError(f"expected {layout.num_patches} patch tokens for grid {layout.grid}, got {count}")
+    return patch_tokens.transpose(1, 2).reshape(batch, dim, *layout.grid)
+
+
+def embed_tokens(model: VisionTransformer, input_tensor: torch.Tensor) -> torch.Tensor:
+    """The token sequence that enters block 1: patch embedding, prefix tokens, position embedding."""
+    tokens = model.patch_embed(input_tensor)
+    tokens = model._pos_embed(tokens)
+    tokens = model.patch_drop(tokens)
+    return model.norm_pre(tokens)
+
+
+def token_class_scores(model: VisionTransformer, tokens: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Score each token with the model's own classifier, for one class per image.
+
+    This is the training-free semantic map: the pretrained head applied to every final
+    (already ``model.norm``-ed) token instead of to the pooled token. Only the requested
+    classes' rows of the head are used.
+
+    Args:
+        model: a timm ViT classifier.
+        tokens: final tokens (B, n, D) after ``forward_features``.
+        classes: (B,) class index per image.
+
+    Returns:
+        (B, n) scores.
+    """
+    tokens = model.fc_norm(tokens)
+    heads: List[nn.Module] = [model.head]
+    if getattr(model, "head_dist", None) is not None:
+        heads.append(model.head_dist)  # DeiT-distilled averages its two heads at inference
+    scores = tokens.new_zeros(tokens.shape[:2])
+    for head in heads:
+        if not isinstance(head, nn.Linear):
+            raise TypeError(
+                f"training-free maps need a linear classifier head, got {type(head).__name__}; "
+                "give the model a num_classes > 0 or train a TS-CAM head"
+            )
+        weight = head.weight[classes]  # (B, D)
+        scores = scores + torch.einsum("bnd,bd->bn", tokens, weight)
+        if head.bias is not None:
+            scores = scores + head.bias[classes][:, None]
+    return scores / len(heads)
+
+
+def token_class_contributions(model: VisionTransformer, tokens: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per-channel terms of :func:`token_class_scores` (bias left out): (B, n, D).
+
+    Their sum over D is the score up to the bias; used for eigen smoothing.
+    """
+    tokens = model.fc_norm(tokens)
+    heads = [model.head] + ([model.head_dist] if getattr(model, "head_dist", None) is not None else [])
+    weight = sum(head.weight[classes] for head in heads) / len(heads)
+    return tokens * weight[:, None, :]
+
+
+def resolve_block_indices(model: VisionTransformer, blocks: Optional[Iterable[int]]) -> List[int]:
+    """Normalise block indices (negative allowed; ``None`` = all blocks) to sorted positive ones."""
+    depth = len(model.blocks)
+    if blocks is None:
+        return list(range(depth))
+    resolved = set()
+    for index in blocks:
+        if not isinstance(index, int) or not -depth <= index < depth:
+            raise ValueError(f"block index {index!r} out of range for a model with {depth} blocks")
+        resolved.add(index % depth)
+    if not resolved:
+        raise ValueError("at least one attention block must be selected")
+    return sorted(resolved)
+
+
+class CLSAttentionRecorder:
+    """Captures each chosen block's CLS attention row over the patch tokens.
+
+    Forward hooks on ``attn.q_norm`` and ``attn.k_norm`` see q and k (B, heads, N, head_dim)
+    while timm keeps its fused ``scaled_dot_product_attention``: the row
+    ``mean_heads softmax(scale * q_cls · kᵀ)`` costs O(N·D) per block and no N×N matrix is formed.
+    (Hooks on ``attn_drop`` would see nothing under the fused path; flipping timm's global
+    ``set_fused_attn`` would change the user's model everywhere.)
+
+    Use as a context manager or call :meth:`release`. After each forward, :attr:`rows` maps
+    block index → (B, n) float32 attention over the patch tokens.
+
+    Args:
+        model: a timm ViT with a class token.
+        blocks: indices of the blocks to record (negative allowed); ``None`` records all.
+    """
+
+    def __init__(self, model: VisionTransformer, blocks: Optional[Sequence[int]] = None) -> None:
+        check_vit(model)
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.block_indices = resolve_block_indices(model, blocks)
+        self.rows: Dict[int, torch.Tensor] = {}
+        self._query: Dict[int, torch.Tensor] = {}
+        self._handles = []
+        for index in self.block_indices:
+            attn = model.blocks[index].attn
+            self._handles.append(attn.q_norm.register_forward_hook(self._save_query(index)))
+            self._handles.append(attn.k_norm.register_forward_hook(self._attend(index, attn.scale)))
+
+    def _save_query(self, index: int):
+        def hook(_module: nn.Module, _inputs, query: torch.Tensor) -> None:
+            self._query[index] = query[:, :, 0].detach()
+
+        return hook
+
+    def _attend(self, index: int, scale: float):
+        def hook(_module: nn.Module, _inputs, keys: torch.Tensor) -> None:
+            # float32 so that bf16/fp16 autocast does not flatten the row
+            query = self._query.pop(index).float()
+            logits = torch.einsum("bhd,bhnd->bhn", query, keys.detach().float()) * scale
+            row = logits.softmax(dim=-1).mean(dim=1)
+            self.rows[index] = row[:, self.num_prefix_tokens:]
+
+        return hook
+
+    def total(self) -> torch.Tensor:
+        """Sum of the recorded rows, (B, n): the official TS-CAM A* (the paper averages; same after min-max)."""
+        if len(self.rows) != len(self.block_indices):
+            raise RuntimeError(
+                f"recorded {len(self.rows)} of {len(self.block_indices)} blocks; run a forward pass first"
+            )
+        rows = iter(self.rows[index] for index in self.block_indices)
+        total = next(rows).clone()
+        for row in rows:
+            total += row
+        return total
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self._query.clear()
+
+    def release(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def __enter__(self) -> "CLSAttentionRecorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+class ViTReshapeTransform:
+    """``reshape_transform`` for pytorch-grad-cam on any timm ViT.
+
+    pytorch-grad-cam's example transform hard-codes a 14×14 grid and one prefix token; this one
+    drops all prefix tokens and, for ``dynamic_img_size`` models, reads the grid of the current
+    input from a hook on ``patch_embed``. Call :meth:`release` (or let ``make_explainer`` tie it
+    to the CAM object's own ``release``) to remove that hook.
+
+    Args:
+        model: the timm ViT whose token activations will be reshaped.
+    """
+
+    def __init__(self, model: VisionTransformer) -> None:
+        check_vit(model, needs_class_token=False)
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.grid: Tuple[int, int] = tuple(model.patch_embed.grid_size)
+        self.handle = None
+        if model.dynamic_img_size:
+            self.handle = model.patch_embed.register_forward_hook(self._record_grid)
+
+    def _record_grid(self, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        # dynamic-size patch embeddings keep the NHWC layout, so the grid is in the shape
+        self.grid = (int(output.shape[1]), int(output.shape[2]))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        layout = TokenLayout(self.num_prefix_tokens, self.grid)
+        _, patches = split_tokens(tokens, layout)
+        return tokens_to_grid(patches, layout)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
