@@ -60,19 +60,27 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     return torch.tensor(classes, dtype=torch.long, device=logits.device)
 
 
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation of (B, H, W) to [0, 1]; a constant map becomes zeros."""
+def normalize_maps(maps: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """Per-map min-max normalisation of (B, H, W) to [0, 1]; a constant map becomes zeros.
+
+    Args:
+        maps: (B, H, W) maps (contiguous when ``inplace``).
+        inplace: overwrite ``maps`` instead of allocating a second image-sized tensor.
+    """
     flat = maps.flatten(1)
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low
-    flat = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return flat.view_as(maps)
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    if inplace:
+        flat.sub_(low).div_(span)
+        return maps
+    return ((flat - low) / span).view_as(maps)
 
 
 def upsample_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear upsampling of (B, gh, gw) grid maps to the input size, then min-max (TS-CAM's order)."""
-    upsampled = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    return normalize_maps(upsampled[:, 0])
+    upsampled = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return normalize_maps(upsampled, inplace=True)
 
 
 def first_principal_projection(contributions: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny random-init timm ViTs (no downloads)."""
+from __future__ import annotations
+
+import timm
+import torch
+import pytest
+
+TINY = dict(img_size=64, patch_size=8, depth=2, embed_dim=64, num_heads=2)
+
+
+def tiny_vit(name: str = "deit_tiny_patch16_224", num_classes: int = 10, **overrides) -> torch.nn.Module:
+    """A small random-init timm ViT; ``name`` picks the family (distilled, registers, …)."""
+    torch.manual_seed(0)
+    kwargs = {**TINY, **overrides}
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs).eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))

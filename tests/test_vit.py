@@ -1,0 +1,109 @@
+"""The ViT token layer: layout, grids, CLS attention rows against eager attention."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from pytorch_grad_cam import GradCAM
+
+from conftest import tiny_vit
+from tscam_explain.vit import (CLSAttentionRecorder, ViTReshapeTransform, check_input, check_vit, split_tokens,
+                               token_layout, tokens_to_grid)
+
+VARIANTS = {
+    # name: (timm name, extra kwargs, input size, expected prefix tokens, expected grid)
+    "deit_tiny": ("deit_tiny_patch16_224", dict(img_size=224, patch_size=16, depth=3, embed_dim=96, num_heads=3),
+                  (224, 224), 1, (14, 14)),
+    "deit_tiny_distilled": ("deit_tiny_distilled_patch16_224",
+                            dict(img_size=224, patch_size=16, depth=3, embed_dim=96, num_heads=3), (224, 224), 2, (14, 14)),
+    "reg_tokens": ("vit_base_patch16_224", dict(img_size=224, patch_size=16, depth=3, embed_dim=96, num_heads=3,
+                                               reg_tokens=4, no_embed_class=True), (224, 224), 5, (14, 14)),
+    "dynamic_224x320": ("vit_base_patch16_224", dict(img_size=224, patch_size=16, depth=3, embed_dim=96, num_heads=3,
+                                                    dynamic_img_size=True), (224, 320), 1, (14, 20)),
+}
+
+
+def eager_cls_rows(model: nn.Module, x: torch.Tensor) -> list:
+    """Independent reference: the attention matrices of a copy with eager attention (fused_attn=False)."""
+    eager = copy.deepcopy(model)
+    rows = []
+    for block in eager.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda _m, _i, attn: rows.append(attn[:, :, 0].mean(dim=1)))
+    with torch.no_grad():
+        eager(x)
+    return rows
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_cls_rows_equal_eager_attention(variant):
+    name, kwargs, size, prefix, grid = VARIANTS[variant]
+    model = tiny_vit(name, **kwargs)
+    assert all(block.attn.fused_attn for block in model.blocks)  # we must not need eager attention
+    x = torch.randn(2, 3, *size)
+    layout = token_layout(model, size)
+    assert layout.num_prefix_tokens == prefix and layout.grid == grid
+    with CLSAttentionRecorder(model) as recorder, torch.no_grad():
+        model(x)
+        rows = [recorder.rows[i] for i in range(len(model.blocks))]
+        total = recorder.total()
+    reference = eager_cls_rows(model, x)
+    assert len(reference) == len(rows) == 3
+    for ours, ref in zip(rows, reference):
+        assert ours.shape == (2, grid[0] * grid[1])
+        torch.testing.assert_close(ours, ref[:, prefix:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total, sum(ref[:, prefix:] for ref in reference), rtol=1e-5, atol=1e-6)
+    # fused attention is still on, and no global flag was touched
+    assert all(block.attn.fused_attn for block in model.blocks)
+
+
+def test_recorder_selected_blocks_and_release():
+    model = tiny_vit(depth=4)
+    x = torch.randn(1, 3, 64, 64)
+    with CLSAttentionRecorder(model, blocks=[-2, -1]) as recorder, torch.no_grad():
+        model(x)
+        assert sorted(recorder.rows) == [2, 3]
+    for block in model.blocks:
+        assert not block.attn.q_norm._forward_hooks and not block.attn.k_norm._forward_hooks
+    with pytest.raises(ValueError, match="out of range"):
+        CLSAttentionRecorder(model, blocks=[4])
+
+
+def test_tokens_to_grid_is_row_major():
+    model = tiny_vit()
+    layout = token_layout(model, (64, 64))
+    tokens = torch.arange(1 + 64, dtype=torch.float32)[None, :, None].expand(1, -1, 3)
+    prefix, patches = split_tokens(tokens, layout)
+    grid = tokens_to_grid(patches, layout)
+    assert prefix.shape == (1, 1, 3)
+    assert grid.shape == (1, 3, 8, 8)
+    assert grid[0, 0, 0, 1] == 2 and grid[0, 0, 1, 0] == 1 + 8  # (row, col) → 1 + row*8 + col
+
+
+def test_reshape_transform_with_grad_cam_on_dynamic_non_square_input():
+    model = tiny_vit("vit_base_patch16_224", dynamic_img_size=True, reg_tokens=2)
+    transform = ViTReshapeTransform(model)
+    x = torch.randn(2, 3, 48, 80)
+    with GradCAM(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=transform) as cam:
+        maps = cam(x, None)
+    assert maps.shape == (2, 48, 80)
+    assert transform.grid == (6, 10)
+    transform.release()
+    assert not model.patch_embed._forward_hooks
+
+
+def test_non_vit_model_is_a_type_error():
+    with pytest.raises(TypeError, match="expected a timm VisionTransformer"):
+        check_vit(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)))
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.randn(3, 64, 64), ValueError, "4-D"),
+    (torch.randn(1, 4, 64, 64), ValueError, "4 channels, the model expects 3"),
+    (torch.full((1, 3, 64, 64), float("nan")), ValueError, "NaN"),
+    (torch.randn(1, 3, 96, 96), ValueError, "does not match the model's img_size"),
+    (torch.zeros(1, 3, 64, 64, dtype=torch.long), TypeError, "floating-point"),
+])
+def test_bad_input(bad, error, message):
+    with pytest.raises(error, match=message):
+        check_input(tiny_vit(), bad)
