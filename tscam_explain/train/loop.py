@@ -255,8 +255,11 @@ class _Trainer:
     def _save_last(self) -> None:
         """``last.pt`` with every rank's RNG (a collective: all ranks call it, rank 0 writes)."""
         rng_states = self.ctx.all_gather_object(capture_rng())
-        if not self.ctx.is_main:
-            return
+        if self.ctx.is_main:
+            self._write_last(rng_states)
+        self.ctx.barrier()  # no rank runs ahead of (or reads) a checkpoint still being written
+
+    def _write_last(self, rng_states: List[Dict[str, Any]]) -> None:
         save_checkpoint(self.out_dir / "last.pt", {
             "model": model_state(self.model), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_states,

@@ -70,15 +70,20 @@ def restore_rng(state: Dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: PathLike, record: Dict[str, Any]) -> None:
-    """Write a training checkpoint ``record`` atomically (adds the format tag)."""
-    atomic_save({"format": TRAIN_FILE_FORMAT, **record}, path)
+    """Write a training checkpoint ``record`` atomically, tagged ``train_format``.
+
+    The tag is not called ``format``: :func:`~tscam_explain.models.load_model` reads a file with a
+    ``model`` record and no top-level ``format`` as a training checkpoint, so ``load_model(last.pt)``
+    works.
+    """
+    atomic_save({"train_format": TRAIN_FILE_FORMAT, **record}, path)
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Read a training checkpoint with ``weights_only=True``; clear error if ``path`` is something else."""
     record = load_file(path, map_location="cpu")
-    if not isinstance(record, dict) or record.get("format") != TRAIN_FILE_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+    if not isinstance(record, dict) or record.get("train_format") != TRAIN_FILE_FORMAT:
+        found = record.get("train_format", record.get("format")) if isinstance(record, dict) else type(record).__name__
         raise ValueError(
             f"{path} is not a tscam-explain training checkpoint (format {found!r}, expected "
             f"{TRAIN_FILE_FORMAT!r}); --resume takes the last.pt a training run wrote"
