@@ -6,6 +6,7 @@ Everything else in tscam-explain goes through these functions for:
   and the patch grid for a given input size (``dynamic_img_size`` and non-square inputs included);
 * moving between token sequences and (B, D, gh, gw) grids;
 * running the pieces of a ViT forward (embedding, blocks, final norm, the model's own classifier);
+* running one block with a custom attention normalisation (:func:`block_forward_with_softmax`);
 * capturing every block's CLS attention row with timm's fused attention kept on
   (:class:`CLSAttentionRecorder`);
 * the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`).
@@ -13,11 +14,11 @@ Everything else in tscam-explain goes through these functions for:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 __all__ = [
     "TokenLayout",
@@ -31,6 +32,10 @@ __all__ = [
     "embed_tokens",
     "token_class_scores",
     "resolve_block_indices",
+    "final_norm",
+    "check_standard_block",
+    "class_token_features",
+    "block_forward_with_softmax",
 ]
 
 
@@ -120,7 +125,9 @@ def check_input(model: VisionTransformer, input_tensor: torch.Tensor) -> TokenLa
         raise ValueError(f"input_tensor has {input_tensor.shape[1]} channels, the model expects {channels}")
     if not input_tensor.is_floating_point():
         raise TypeError(f"input_tensor must be a floating-point tensor, got {input_tensor.dtype}")
-    if not torch.isfinite(input_tensor).all():
+    # the sum is finite only if every element is: one reduction, no full-size boolean temporary;
+    # the element-wise check runs only to rule out an overflowing sum
+    if not torch.isfinite(input_tensor.sum()) and not torch.isfinite(input_tensor).all():
         raise ValueError("input_tensor contains NaN or Inf values")
     return token_layout(model, tuple(input_tensor.shape[-2:]))
 
@@ -208,6 +215,78 @@ def resolve_block_indices(model: VisionTransformer, blocks: Optional[Iterable[in
     if not resolved:
         raise ValueError("at least one attention block must be selected")
     return sorted(resolved)
+
+
+def final_norm(model: VisionTransformer) -> nn.Module:
+    """The LayerNorm a ViT applies to its final tokens before classification.
+
+    ``model.norm`` normally; models that normalise after pooling (``fc_norm``) have an identity
+    ``norm`` and the LayerNorm in ``fc_norm``.
+    """
+    return model.fc_norm if isinstance(model.norm, nn.Identity) else model.norm
+
+
+def class_token_features(model: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """timm's classifier input for CLS pooling of a token sequence whose first token is CLS.
+
+    Final ``norm`` on the tokens, the first token, ``fc_norm``, ``head_drop`` — the path of
+    ``forward_features`` + ``forward_head`` without the classifier, for sequences (such as TRT's
+    two-token one) that do not follow the model's own prefix layout.
+
+    Args:
+        model: the timm ViT whose norms are used.
+        tokens: (B, N, D) with CLS first.
+
+    Returns:
+        (B, D).
+    """
+    return model.head_drop(model.fc_norm(model.norm(tokens)[:, 0]))
+
+
+def check_standard_block(block: nn.Module) -> nn.Module:
+    """Return ``block`` if it is timm's pre-norm ``Block`` with a standard ``Attention``, else raise ``TypeError``.
+
+    Exact types, not subclasses: :func:`block_forward_with_softmax` re-implements exactly their forward.
+    """
+    if type(block) is not Block or type(getattr(block, "attn", None)) is not Attention:
+        raise TypeError(
+            f"expected a timm vision_transformer.Block with a standard Attention, got {type(block).__name__} "
+            f"with {type(getattr(block, 'attn', None)).__name__}"
+        )
+    return block
+
+
+def block_forward_with_softmax(block: nn.Module, tokens: torch.Tensor,
+                               softmax: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Run a timm ``Block`` with its attention weights computed by ``softmax`` instead of the softmax.
+
+    Eager attention (the N×N matrix is formed), reusing all of the block's own modules: norms,
+    qkv, q/k norms, scale, attention dropout, output norm and gate, projection, layer scales,
+    drop paths and MLP. With ``softmax=lambda s: s.softmax(-1)`` it equals ``block(tokens)``.
+
+    Args:
+        block: a timm ``vision_transformer.Block`` with a standard ``Attention``.
+        tokens: (B, N, D) input sequence.
+        softmax: maps the scaled attention logits (B, heads, N, N) to attention weights of the same shape.
+
+    Returns:
+        (B, N, D) output sequence.
+    """
+    attn = check_standard_block(block).attn
+    normed = block.norm1(tokens)
+    batch, count, _ = normed.shape
+    qkv = attn.qkv(normed).reshape(batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    query, key, value = qkv.unbind(0)
+    query, key = attn.q_norm(query), attn.k_norm(key)
+    weights = attn.attn_drop(softmax((query * attn.scale) @ key.transpose(-2, -1)))
+    attended = (weights.to(value.dtype) @ value).transpose(1, 2).flatten(2)
+    attended = attn.norm(attended)
+    gate = getattr(attn, "gate", None)  # the gated variant exists in recent timm releases only
+    if gate is not None:
+        attended = attended * gate(normed).sigmoid()
+    attended = attn.proj_drop(attn.proj(attended))
+    tokens = tokens + block.drop_path1(block.ls1(attended))
+    return tokens + block.drop_path2(block.ls2(block.mlp(block.norm2(tokens))))
 
 
 class CLSAttentionRecorder:
