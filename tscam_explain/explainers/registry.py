@@ -9,6 +9,7 @@ import torch.nn as nn
 from pytorch_grad_cam.base_cam import BaseCAM
 
 from ..vit import ViTReshapeTransform, check_vit
+from .trt import TRTExplainer
 from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
 
 _EXPLAINERS: Dict[str, Callable[..., Any]] = {}
@@ -75,3 +76,4 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
 register_explainer("tscam")(TSCAMExplainer)
 register_explainer("transattention")(TransAttentionExplainer)
 register_explainer("transcam")(TransCAMExplainer)
+register_explainer("trt")(TRTExplainer)
