@@ -1,0 +1,19 @@
+"""WSOL evaluation: boxes from maps, the seeds' and wsolevaluation's metrics, dataset readers, the harness.
+
+Array-level entry points: :func:`max_box_acc` (MaxBoxAcc / MaxBoxAccV2) and :func:`pxap` (PxAP).
+Streaming accumulators: :class:`BoxAccuracy`, :class:`PixelAveragePrecision`,
+:class:`LocalizationAccuracy`, :class:`ClassificationAccuracy`. See ``docs/wsol.md``.
+"""
+from .boxes import (as_boxes, box_iou, box_overlaps, largest_contour_rect, maxboxacc_scoremap, normalize_scoremap,
+                    resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
+from .metrics import (ERROR_TYPES, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy, LocalizationAccuracy,
+                      MetricAccumulator, PixelAveragePrecision, cam_thresholds, classify_error, max_box_acc, pxap)
+from .sweep import SweepIoUs, scoremaps_to_uint8, sweep_box_ious
+
+__all__ = [
+    "as_boxes", "box_iou", "box_overlaps", "largest_contour_rect", "maxboxacc_scoremap", "normalize_scoremap",
+    "resize_boxes_maxboxacc", "resize_boxes_tscam", "tscam_box", "tscam_scoremap",
+    "ERROR_TYPES", "GT_KNOWN_CURVE_IOUS", "BoxAccuracy", "ClassificationAccuracy", "LocalizationAccuracy",
+    "MetricAccumulator", "PixelAveragePrecision", "cam_thresholds", "classify_error", "max_box_acc", "pxap",
+    "SweepIoUs", "scoremaps_to_uint8", "sweep_box_ious",
+]
