@@ -133,8 +133,9 @@ def _image_sweep(u: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, want_lar
                    cols.argmax(1), width - 1 - cols[:, ::-1].argmax(1))
     single = (topology.euler4[tile_cuts] == 4) & (topology.bounded_background[tile_cuts] == 0)
     tile_area = (tiles.y1 - tiles.y0 + 1) * (tiles.x1 - tiles.x0 + 1)
-    # |components - holes| bounds the contour count from below: speckled masks
-    speckled = ~single & (np.abs(topology.euler4[tile_cuts]) // 4 * _PIXELS_PER_CONTOUR > tile_area)
+    # max(|components - holes|, 1) bounds the contour count from below: speckled masks
+    contours_at_least = np.maximum(np.abs(topology.euler4[tile_cuts]) // 4, 1)
+    speckled = ~single & (contours_at_least * _PIXELS_PER_CONTOUR > tile_area)
 
     n_tiles = len(tile_cuts)
     traced = np.flatnonzero(~single & ~speckled)
