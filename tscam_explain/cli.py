@@ -11,6 +11,7 @@ from typing import List, Optional
 
 COMMAND_MODULES = (
     "tscam_explain.explain_cli",
+    "tscam_explain.train.cli",
 )
 
 
