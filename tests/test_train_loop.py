@@ -3,6 +3,7 @@ a stopped run resumes bit-for-bit, and two gloo processes train one model with D
 import json
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,14 +14,19 @@ from torch.utils.data import Dataset
 
 from tscam_explain.checkpoint import load_file
 from tscam_explain.models import load_model
-from tscam_explain.train import RunOptions, TrainData, build_model, get_recipe, load_stage1, seed_everything, train
+from tscam_explain.train import (RunOptions, TrainData, build_model, data_normalization, get_recipe, load_stage1,
+                                 seed_everything, train)
+from tscam_explain.train.data import build_data
+from tscam_explain.train.distributed import init_distributed
 from tscam_explain.train.state import TRAIN_FILE_FORMAT
 from tscam_explain.train.transforms import train_transform
+from test_train_cli import make_cub
 
 TINY = dict(depth=2, embed_dim=64, num_heads=2, patch_size=16)
 NUM_CLASSES = 3
 # small images and batches; lr raised so that a handful of steps visibly fits the data
 SMALL = dict(img_size=32, resize_size=40, batch_size=4, lr=2e-3)
+NORMALIZATION = data_normalization("deit_tiny_patch16_224")
 
 
 class ColourClasses(Dataset):
@@ -163,34 +169,56 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ddp_worker(rank: int, port: int, root: str) -> None:
+def _ddp_worker(rank: int, port: int, root: str, cub: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
     torch.set_num_threads(1)
-    recipe = get_recipe("tscam", epochs=2, **dict(SMALL, batch_size=4))
-    # each rank gets its own output folder, so that a write by rank 1 would show
-    result = run(recipe, os.path.join(root, f"out{rank}"), checkpoint_every=2)
-    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, os.path.join(root, f"weights{rank}.pt"))
-    stopped = run(recipe, os.path.join(root, f"split{rank}"), stop_after_steps=1)
+    root = Path(root)
+    recipe = get_recipe("tscam", epochs=2, **SMALL)
+    data = build_data(recipe, Path(cub), normalization=NORMALIZATION, val_fraction=0.5)
+    # 1 image per rank and micro-batch, 2 micro-batches per step; each rank writes to its own
+    # folder, so that a write by rank 1 would show
+    result = train(recipe, make_model(recipe), data,
+                   RunOptions(out_dir=root / f"out{rank}", progress=False, accum_steps=2, checkpoint_every=2))
+    torch.save({k: v.clone() for k, v in result.model.state_dict().items()}, root / f"weights{rank}.pt")
+    (root / f"metrics{rank}.json").write_text(json.dumps(data.validate(result.model, init_distributed("cpu"))))
+    options = dict(progress=False, accum_steps=2)
+    stopped = train(recipe, make_model(recipe), data, RunOptions(out_dir=root / f"split{rank}", stop_after_steps=1,
+                                                                 **options))
     assert not stopped.finished
-    resumed = run(recipe, os.path.join(root, f"split{rank}"), resume=os.path.join(root, "split0", "last.pt"))
-    torch.save(resumed.model.state_dict(), os.path.join(root, f"resumed{rank}.pt"))
+    resumed = train(recipe, make_model(recipe), data, RunOptions(out_dir=root / f"split{rank}",
+                                                                 resume=root / "split0" / "last.pt", **options))
+    torch.save(resumed.model.state_dict(), root / f"resumed{rank}.pt")
+    trt = get_recipe("trt-stage1", epochs=1, **SMALL)  # every trained TRT parameter must get a gradient
+    assert run(trt, root / f"trt{rank}", accum_steps=2).finished
     torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_train_one_model_and_only_rank0_writes(tmp_path):
-    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_gloo_processes_train_one_model_merge_validation_and_only_rank0_writes(tmp_path):
+    cub = make_cub(tmp_path / "CUB_200_2011")
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path), str(cub)), nprocs=2, join=True)
     weights = [torch.load(tmp_path / f"weights{rank}.pt") for rank in range(2)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     initial = make_model(get_recipe("tscam", **SMALL)).state_dict()
     assert not all(torch.equal(weights[0][key], initial[key]) for key in initial)  # it did train
-    assert not (tmp_path / "out1").exists() and not (tmp_path / "split1").exists()
-    assert sorted(p.name for p in (tmp_path / "out0").iterdir()) == ["last.pt", "log.jsonl", "model.pt", "run.json"]
+    assert not any((tmp_path / f"{name}1").exists() for name in ("out", "split", "trt"))
+    assert {p.name for p in (tmp_path / "out0").iterdir()} == {"last.pt", "best.pt", "log.jsonl", "model.pt", "run.json"}
     last = load_file(tmp_path / "out0" / "last.pt")
-    assert last["world_size"] == 2 and len(last["rng"]) == 2 and last["position"]["step"] == 6
-    # 12 images, global batch 4 = 2 per rank: 3 steps per epoch, every sample seen once per epoch
+    assert last["world_size"] == 2 and len(last["rng"]) == 2
+    # 9 training images: 5 per rank (padded), micro-batches of 1, steps of 2: 3 steps per epoch
     log = [json.loads(line) for line in (tmp_path / "out0" / "log.jsonl").read_text().splitlines()]
-    assert [entry["step"] for entry in log] == [3, 6]
+    assert [entry["step"] for entry in log] == [3, 6] and last["position"]["step"] == 6
     for rank in range(2):
         resumed = torch.load(tmp_path / f"resumed{rank}.pt")
         assert all(torch.equal(resumed[key], weights[0][key]) for key in weights[0])
+
+    # validation on 9 held-out images, 5 + 4 per rank, merged: the metrics of one pass over all 9
+    recipe = get_recipe("tscam", epochs=2, **SMALL)
+    data = build_data(recipe, cub, normalization=NORMALIZATION, val_fraction=0.5)
+    model = make_model(recipe)
+    model.load_state_dict(weights[0])
+    single = data.validate(model.eval(), init_distributed("cpu"))
+    merged = [json.loads((tmp_path / f"metrics{rank}.json").read_text()) for rank in range(2)]
+    assert merged[0] == merged[1] == single and log[-1]["val"] == single
+    hits = single["top1_cls"] * 9 / 100  # a count of the 9 images, not of a shard of 5 or 4
+    assert abs(hits - round(hits)) < 1e-9
