@@ -188,3 +188,41 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(cub, tmp_path):
     losses = [[json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
               for out in (killed, tmp_path / "whole")]
     assert len(losses[0]) == 3 and losses[0] == losses[1]
+
+
+def write_wsol_metadata(cub: Path, split_dir: Path, is_train: str) -> Path:
+    """wsolevaluation metadata (image_ids, class_labels, image_sizes, localization) for one CUB split."""
+    split_dir.mkdir(parents=True)
+    paths = dict(line.split() for line in (cub / "images.txt").read_text().splitlines())
+    labels = dict(line.split() for line in (cub / "image_class_labels.txt").read_text().splitlines())
+    boxes = {line.split()[0]: line.split()[1:] for line in (cub / "bounding_boxes.txt").read_text().splitlines()}
+    files = {"image_ids.txt": [], "class_labels.txt": [], "image_sizes.txt": [], "localization.txt": []}
+    for line in (cub / "train_test_split.txt").read_text().splitlines():
+        image_id, flag = line.split()
+        if flag != is_train:
+            continue
+        path = paths[image_id]
+        x, y, w, h = (int(float(v)) for v in boxes[image_id])
+        files["image_ids.txt"].append(path)
+        files["class_labels.txt"].append(f"{path},{int(labels[image_id]) - 1}")
+        files["image_sizes.txt"].append(f"{path},48,40")
+        files["localization.txt"].append(f"{path},{x},{y},{x + w - 1},{y + h - 1}")
+    for name, lines in files.items():
+        (split_dir / name).write_text("\n".join(lines) + "\n")
+    return split_dir
+
+
+def test_wsolevaluation_metadata_for_training_and_a_validation_split(cub, tmp_path):
+    train_meta = write_wsol_metadata(cub, tmp_path / "metadata" / "CUB" / "train", "1")
+    # a stand-in for CUBV2: a separate validation split (here CUB's test images, only for this test)
+    val_meta = write_wsol_metadata(cub, tmp_path / "metadata" / "CUB" / "val", "0")
+    recipe = get_recipe("tscam", img_size=32, resize_size=40)
+    data = build_data(recipe, cub / "images", normalization=data_normalization("deit_tiny_patch16_224"),
+                      train_metadata=train_meta, val_metadata=val_meta)
+    assert len(data.train) == 18 and data.num_classes == 3 and data.select_metric == "MaxBoxAccV2"
+    assert detect_defaults(cub / "images", train_metadata=train_meta) == "cub"
+    assert cli("--recipe", "tscam", "--data", cub / "images", "--train-metadata", train_meta, "--val-metadata",
+               val_meta, "--out", tmp_path / "out", "--epochs", 1, *TINY_ARGS) == 0
+    entry = json.loads((tmp_path / "out" / "log.jsonl").read_text())
+    assert {"top1", "MaxBoxAcc", "MaxBoxAccV2"} <= set(entry["val"])
+    assert load_file(tmp_path / "out" / "best.pt")["selection"]["metric"] == "MaxBoxAccV2"
