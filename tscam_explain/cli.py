@@ -12,6 +12,7 @@ from typing import List, Optional
 COMMAND_MODULES = (
     "tscam_explain.explain_cli",
     "tscam_explain.train.cli",
+    "tscam_explain.wsol.cli",
 )
 
 
