@@ -91,7 +91,7 @@ def benchmark_sets(smooth_count: int, noisy_count: int) -> Dict[str, Tuple[np.nd
     smooth = np.stack([maxboxacc_scoremap(cam, (224, 224)) for cam in cases["lowres_cams"]])
     smooth_index = np.arange(smooth_count) % len(smooth)
     return {
-        "smooth (upsampled 14x14 CAMs)": (smooth[smooth_index], [gt[i] for i in range(smooth_count)]),
+        "smooth (upsampled 14x14 CAMs)": (smooth[smooth_index], [gt[i % len(gt)] for i in range(smooth_count)]),
         "noisy (reference cases)": (cases["scoremaps"][:noisy_count], gt[:noisy_count]),
     }
 

@@ -103,7 +103,8 @@ def _headline(metrics: Dict[str, Any]) -> List[Tuple[str, float]]:
         if name in metrics:
             result = metrics[name]
             rows.append((name, result["per_iou"][50] if name == "MaxBoxAcc" else result["mean"]))
-            rows += [(f"{name} @ IoU {iou}", value) for iou, value in result["per_iou"].items()]
+            rows += [(f"{name} @ IoU {iou} (best CAM threshold {result['best_threshold'][iou]:.2f})", value)
+                     for iou, value in result["per_iou"].items()]
     if "PxAP" in metrics:
         rows.append(("PxAP", metrics["PxAP"]))
     return rows

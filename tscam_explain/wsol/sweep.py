@@ -149,7 +149,8 @@ def _image_sweep(u: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, want_lar
         contour_boxes, contour_tile, contour_area2 = _trace_tiles(u, tiles.subset(traced))
         boxes.append(contour_boxes)
         box_tile.append(traced[contour_tile])
-        largest_box[traced] = contour_boxes[_first_largest(contour_tile, contour_area2)]
+        if want_largest:
+            largest_box[traced] = contour_boxes[_first_largest(contour_tile, contour_area2)]
     if len(labelled):
         label_boxes, label_tile, label_largest, retrace = _label_tiles(u, tiles.subset(labelled), want_largest)
         boxes.append(label_boxes)
