@@ -16,6 +16,11 @@ DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` command to the ``tscam-explain`` parser.
+
+    Args:
+        subparsers: the main parser's subcommand collection.
+    """
     parser = subparsers.add_parser(
         "evaluate", help="evaluate an explainer on a WSOL dataset (Top-1/5 Loc, GT-known, MaxBoxAcc, PxAP)",
         description="Explain every image of a WSOL dataset for its ground-truth class and write report.json "
@@ -50,7 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_dataset(args: argparse.Namespace) -> WSOLDataset:
-    """The reader of ``--dataset-format`` for ``--protocol``, with a clear error for missing options."""
+    """The reader of ``--dataset-format`` for ``--protocol``, with a clear error for missing options.
+
+    Args:
+        args: the parsed ``evaluate`` options.
+    """
     needs = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
     for option in needs.get(args.dataset_format, ()):
         if getattr(args, option) is None:
@@ -65,6 +74,11 @@ def build_dataset(args: argparse.Namespace) -> WSOLDataset:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Load the model, build the explainer and dataset, evaluate, write and print the report.
+
+    Args:
+        args: the parsed ``evaluate`` options.
+    """
     dataset = build_dataset(args)
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, map_location=args.device)
