@@ -183,3 +183,5 @@ def test_scoremap_checks_name_the_problem():
         scoremaps_to_uint8(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="floating point"):
         scoremaps_to_uint8(np.zeros((1, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"fractions in \[0, 1\)"):
+        sweep_box_ious(np.zeros((1, 4, 4), np.uint8), [np.array([[0, 0, 1, 1]])], np.array([0.5, 1.0]))

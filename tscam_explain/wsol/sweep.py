@@ -102,6 +102,9 @@ def sweep_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], threshol
     """
     if len(gt_boxes) != len(maps_u8):
         raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps_u8)} maps")
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.ndim != 1 or np.any(thresholds < 0) or np.any(thresholds >= 1):
+        raise ValueError(f"thresholds must be a 1-D array of fractions in [0, 1); got {thresholds}")
     rows_largest, rows_all = [], []
     for u, gt in zip(maps_u8, gt_boxes):
         image_largest, image_all = _image_sweep(u, gt, thresholds, largest, all_contours)
