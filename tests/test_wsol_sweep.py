@@ -120,6 +120,59 @@ def test_sweep_equals_per_threshold_loop(cases_and_oracle, engine, monkeypatch):
         np.testing.assert_array_equal(result.all_contours[0], expected_all)
 
 
+def _peaks(rng: np.random.RandomState, size: int) -> np.ndarray:
+    """Smooth maps whose level sets split into several blobs at saddles, some cut by the border, some ringed."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    raw = np.zeros((size, size))
+    for _ in range(rng.randint(2, 7)):
+        cx, cy = rng.uniform(-size / 8, size * 9 / 8, 2)
+        spread = rng.uniform(size / 16, size / 5)
+        radius = rng.uniform(0, size / 6) if rng.uniform() < 0.3 else 0.0  # a ring: a hole at high levels
+        distance = np.hypot(xx - cx, yy - cy) - radius
+        raw += rng.uniform(0.3, 1) * np.exp(-distance ** 2 / (2 * spread ** 2))
+    return _normalised(np.round(raw * rng.choice([8, 40, 255])))  # coarse steps: plateaus and ties
+
+
+@pytest.fixture(scope="module")
+def peak_cases():
+    rng = np.random.RandomState(11)
+    cases = []
+    for index in range(40):
+        scoremap = _peaks(rng, 48 if index % 2 else 96)
+        height, width = scoremap.shape
+        x0, y0 = rng.randint(0, width // 2, 3), rng.randint(0, height // 2, 3)
+        boxes = np.stack([x0, y0, x0 + rng.randint(1, width // 2, 3), y0 + rng.randint(1, height // 2, 3)], axis=1)
+        cases.append((scoremap, boxes, bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True)))
+    return cases
+
+
+@pytest.mark.parametrize("rounds", [0, 1, 4, 1000])
+def test_all_contour_boxes_from_regions_equal_per_threshold_loop(peak_cases, cases_and_oracle, rounds, monkeypatch):
+    """MaxBoxAccV2 alone takes the region labelling for several blobs; any number of rounds, same IoUs."""
+    monkeypatch.setattr(sweep_module, "_MAX_REGION_ROUNDS", rounds)
+    cases, oracle = cases_and_oracle
+    for scoremap, boxes, expected in peak_cases + [(m, b, o[1]) for (m, b), o in zip(cases, oracle)]:
+        result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS, largest=False)
+        assert result.largest is None
+        np.testing.assert_array_equal(result.all_contours[0], expected)
+
+
+def test_level_topology_matches_components_and_holes(peak_cases, cases_and_oracle):
+    """At every level: 4 E = 4 (8-connected components - holes), and no hole where no minimum is suspect."""
+    maps = [case[0] for case in peak_cases] + [case[0] for case in cases_and_oracle[0]]
+    for scoremap in maps:
+        u = scoremaps_to_uint8(scoremap[None])[0]
+        topology = sweep_module._level_topology(u)
+        for cut in range(int(u.max())):
+            mask = (u > cut).view(np.uint8)
+            components = cv2.connectedComponents(mask, connectivity=8)[0] - 1
+            contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+            holes = 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0, :, 3] >= 0))
+            assert topology.euler4[cut] == 4 * (components - holes)
+            if topology.hole_suspects[cut] == 0:
+                assert holes == 0
+
+
 def _thin_ring() -> np.ndarray:
     ring = np.zeros((40, 40), np.float32)
     cv2.rectangle(ring, (5, 5), (30, 30), 1.0, 1)  # the hole contour's area bound reaches the outer area

@@ -11,11 +11,15 @@ with far less work (methods.md §4b):
    images with zeros, so a crop has exactly the contours of the full mask; the gaps keep tiles apart,
    and the relative order of one tile's contours is unchanged. One ``findContours`` call then replaces
    a hundred, and only the foreground's bounding box is scanned.
-3. **No tracing where the topology is known.** The Euler number ``E = components - holes`` of
-   every level set comes from one pass of 2×2 window counts ("bit quads", 8-connected foreground,
-   4-connected background); a hole needs background pixels with foreground on all four sides in
-   their row and column, counted for every level from the four running maxima. A level with
-   ``E = 1`` and no such pixel is one component without holes: one contour, whose box is the
+3. **No tracing where the topology is known.** Adding the pixels one at a time in decreasing
+   (value, raster index) order builds every level set ``u > c`` in turn, and each pixel changes the
+   Euler number ``E = components - holes`` (8-connected foreground, 4-connected background) by an
+   amount read from a table indexed by which of its 8 neighbours came earlier (Gray's 2×2 bit quads).
+   The pixels with a nonzero change (a few percent on smooth maps) give ``E`` of every level by one
+   small histogram. A hole's lowest pixel is a local minimum among its 4 neighbours, off the image
+   border, with foreground on all four sides in its row and column: only levels from such a
+   minimum's value up to (not including) the least of its four ray maxima can have holes. A level
+   with ``E = 1`` and no such minimum is one component without holes: one contour, whose box is the
    foreground's bounding box, already known.
 4. **Labelling instead of tracing for speckled masks.** OpenCV spends microseconds per contour, so
    a noisy mask with thousands of specks is slow to trace. For those, boxes come from connected
@@ -25,8 +29,15 @@ with far less work (methods.md §4b):
    whose area could still win (a contour's area is at most ``(w - 1)(h - 1)`` of its box); where two
    contours tie for the largest area, or a hole could reach it, the tile is traced in full so that
    OpenCV's own order breaks the tie.
+5. **Labelling instead of tracing for several blobs (MaxBoxAccV2 only).** A hole-free level with
+   ``E >= 2`` is several components. Labelling the components of the lowest such level gives regions
+   that contain every higher level's components; a region's Euler number at each level is the sum of
+   its own pixels' changes (step 3). Where every region holds at most one component, each component's
+   box is the bounding box of its region's pixels above the level, read for all levels at once from
+   the region's per-row and per-column maxima. Levels that split further get another labelling, a few
+   at most. The largest contour (MaxBoxAcc) needs contour areas, so with it these levels are traced.
 
-The equivalences of steps 3 and 4 are checked against the straightforward per-threshold loop in the tests.
+The equivalences of steps 3 to 5 are checked against the straightforward per-threshold loop in the tests.
 """
 from __future__ import annotations
 
@@ -42,6 +53,8 @@ from .boxes import MAXBOXACC_EMPTY_BOX, box_iou
 _PIXELS_PER_CONTOUR = 1024
 # More candidates than this for the largest contour of one labelled tile: trace the tile in full.
 _MAX_LARGEST_CANDIDATES = 64
+# Labellings per image for levels of several hole-free components; later ones are traced.
+_MAX_REGION_ROUNDS = 4
 
 
 class SweepIoUs(NamedTuple):
@@ -79,11 +92,20 @@ def scoremaps_to_uint8(scoremaps: np.ndarray) -> np.ndarray:
         raise ValueError(f"scoremaps must have shape (B, H, W); got shape {scoremaps.shape}")
     if scoremaps.dtype.kind != "f":
         raise ValueError(f"scoremaps must be floating point in [0, 1]; got dtype {scoremaps.dtype}")
-    if np.isnan(scoremaps).any():
+    if not scoremaps.size:
+        return np.zeros(scoremaps.shape, dtype=np.uint8)
+    low, high = scoremaps.min(), scoremaps.max()  # NaN if there is one
+    if np.isnan(low) or np.isnan(high):
         raise ValueError("scoremaps contain NaN; normalise them first (wsolevaluation maps NaN maps to zeros)")
-    if scoremaps.size and (scoremaps.min() < 0 or scoremaps.max() > 1):
-        raise ValueError(f"scoremaps must lie in [0, 1]; got min {scoremaps.min()} and max {scoremaps.max()}")
-    return (scoremaps * 255).astype(np.uint8)
+    if low < 0 or high > 1:
+        raise ValueError(f"scoremaps must lie in [0, 1]; got min {low} and max {high}")
+    # one map at a time through a reused buffer (stays in cache): the same products and truncation
+    maps_u8 = np.empty(scoremaps.shape, dtype=np.uint8)
+    product = np.empty(scoremaps.shape[1:], dtype=scoremaps.dtype)
+    for scoremap, map_u8 in zip(scoremaps, maps_u8):
+        np.multiply(scoremap, 255, out=product)
+        np.copyto(map_u8, product, casting="unsafe")
+    return maps_u8
 
 
 def sweep_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray, *,
@@ -134,20 +156,29 @@ def _image_sweep(u: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, want_lar
     cols = u.max(axis=0)[None, :] > tile_cuts[:, None]
     tiles = _Tiles(tile_cuts, rows.argmax(1), height - 1 - rows[:, ::-1].argmax(1),
                    cols.argmax(1), width - 1 - cols[:, ::-1].argmax(1))
-    single = (topology.euler4[tile_cuts] == 4) & (topology.bounded_background[tile_cuts] == 0)
+    single = (topology.euler4[tile_cuts] == 4) & (topology.hole_suspects[tile_cuts] == 0)
     tile_area = (tiles.y1 - tiles.y0 + 1) * (tiles.x1 - tiles.x0 + 1)
     # max(|components - holes|, 1) bounds the contour count from below: speckled masks
     contours_at_least = np.maximum(np.abs(topology.euler4[tile_cuts]) // 4, 1)
     speckled = ~single & (contours_at_least * _PIXELS_PER_CONTOUR > tile_area)
 
     n_tiles = len(tile_cuts)
-    traced = np.flatnonzero(~single & ~speckled)
-    labelled = np.flatnonzero(speckled)
     simple = np.flatnonzero(single)
     largest_box = np.zeros((n_tiles, 4), dtype=np.int64)
     fg_bounds = np.stack([tiles.x0, tiles.y0, tiles.x1, tiles.y1], axis=1)[simple]
     largest_box[simple] = _to_image_boxes(fg_bounds, 0, 0, 0, u.shape)
     boxes, box_tile = [largest_box[simple]], [simple]
+    untraced = single | speckled
+    if not want_largest:
+        # hole-free levels of several components: boxes without contour areas, enough for MaxBoxAccV2
+        several = ~untraced & (topology.euler4[tile_cuts] > 4) & (topology.hole_suspects[tile_cuts] == 0)
+        region_boxes, region_tile, certified = _certify_by_regions(u, tiles, topology.critical,
+                                                                   np.flatnonzero(several))
+        boxes.append(region_boxes)
+        box_tile.append(region_tile)
+        untraced[certified] = True
+    traced = np.flatnonzero(~untraced)
+    labelled = np.flatnonzero(speckled)
     if len(traced):
         contour_boxes, contour_tile, contour_area2 = _trace_tiles(u, tiles.subset(traced))
         boxes.append(contour_boxes)
@@ -186,54 +217,199 @@ def _histogram(values: np.ndarray) -> np.ndarray:
     return cv2.calcHist([values], [0], None, [256], [0, 256])[:, 0].astype(np.int64)
 
 
-def _enclosing_max(u: np.ndarray) -> np.ndarray:
-    """Per pixel, the least of the four running maxima from the left, right, top and bottom edges."""
+def _distinct(indices: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``np.unique(indices, return_inverse=True)`` for indices in [0, size), without sorting."""
+    used = np.bincount(indices, minlength=size) > 0
+    return np.flatnonzero(used), (np.cumsum(used) - 1)[indices]
+
+
+def _ray_maxima(u: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Per point (not on the border), the least of the maxima along its row and column to the four edges."""
+    if not len(ys):
+        return np.zeros(0, dtype=u.dtype)  # OpenCV does not take empty images
     running = np.maximum.accumulate
-    # numpy accumulates fastest along a contiguous axis: flip and transpose copies (OpenCV) instead of views
-    rows = np.minimum(running(u, axis=1), cv2.flip(running(cv2.flip(u, 1), axis=1), 1))
-    transposed = cv2.transpose(u)
-    columns = np.minimum(running(transposed, axis=1), cv2.flip(running(cv2.flip(transposed, 1), axis=1), 1))
-    return np.minimum(rows, cv2.transpose(columns))
+    height, width = u.shape
+    # only the rows and columns through the points; accumulate along contiguous rows (fastest in numpy),
+    # flipped (OpenCV) rather than read backwards
+    rows, row_of = _distinct(ys, height)
+    lines = u[rows]
+    from_left, from_right = running(lines, axis=1), running(cv2.flip(lines, 1), axis=1)
+    columns, column_of = _distinct(xs, width)
+    lines = cv2.transpose(u)[columns]
+    from_top, from_bottom = running(lines, axis=1), running(cv2.flip(lines, 1), axis=1)
+    return np.minimum(np.minimum(from_left[row_of, xs - 1], from_right[row_of, width - 2 - xs]),
+                      np.minimum(from_top[column_of, ys - 1], from_bottom[column_of, height - 2 - ys]))
+
+
+# The 8 neighbours of a pixel, (dy, dx), in the bit order of _euler_change codes.
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _quad_euler4(cells: Sequence[Tuple[int, int]]) -> int:
+    """One 2x2 window's share of 4 E (8-connected foreground): 1 pixel +1, 3 pixels -1, diagonal pair -2."""
+    if len(cells) == 1:
+        return 1
+    if len(cells) == 3:
+        return -1
+    if len(cells) == 2 and cells[0][0] != cells[1][0] and cells[0][1] != cells[1][1]:
+        return -2
+    return 0
+
+
+def _euler_change_table() -> np.ndarray:
+    """int8 (256,): the change of 4 E when a pixel joins the foreground, by its foreground neighbours' code."""
+    table = np.zeros(256, dtype=np.int8)
+    for code in range(256):
+        foreground = {offset for bit, offset in enumerate(_NEIGHBOURS) if code >> bit & 1}
+        for top, left in ((-1, -1), (-1, 0), (0, -1), (0, 0)):  # the four windows holding the pixel
+            before = [(top + dy, left + dx) for dy in (0, 1) for dx in (0, 1) if (top + dy, left + dx) in foreground]
+            table[code] += _quad_euler4(before + [(0, 0)]) - _quad_euler4(before)
+    return table
+
+
+_EULER_CHANGE = _euler_change_table()
 
 
 class _Topology(NamedTuple):
-    """Per level c = 0 … 255 of a uint8 map, int64 (256,) each."""
+    """Per level c = 0 … 255 of a uint8 map, int64 (256,) each, and the pixels that change 4 E."""
 
     value_counts: np.ndarray
     """pixels with value c"""
     euler4: np.ndarray
     """four times the Euler number of ``u > c``: 8-connected components minus 4-connected holes"""
-    bounded_background: np.ndarray
-    """background pixels with foreground on all four sides in their row and column (0: no hole)"""
+    hole_suspects: np.ndarray
+    """local minima that may lie in a hole of ``u > c`` (0: no hole)"""
+    critical: Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    """``(y, x, value, change)`` of the nonzero pixels whose joining changes 4 E (by ``change``)"""
 
 
 def _level_topology(u: np.ndarray) -> _Topology:
-    """Topology of every level set ``u > c``, c = 0 … 255, from a few histograms."""
+    """Topology of every level set ``u > c``, c = 0 … 255, from local changes and a histogram.
+
+    Adding the pixels one at a time in decreasing (value, raster index) order builds every level set
+    ``u > c`` in turn; the Euler number then changes by a local amount that depends only on which of
+    the pixel's 8 neighbours come earlier in that order (the four 2x2 windows holding it, Gray's bit
+    quads). Summing those changes over the pixels above c gives ``E(u > c)``, and over one region's
+    pixels, that region's share (used by :func:`_certify_by_regions`).
+    """
     height, width = u.shape
-    padded = np.zeros((height + 2, width + 2), dtype=np.uint8)
+    padded_width = width + 2
+    padded = np.zeros((height + 2, padded_width), dtype=np.uint8)
     padded[1:-1, 1:-1] = u
-    # the 2x2 windows of the zero-padded map, corners a b / c d
-    a, b, c, d = padded[:-1, :-1], padded[:-1, 1:], padded[1:, :-1], padded[1:, 1:]
-    high_ab, low_ab, high_cd, low_cd = np.maximum(a, b), np.minimum(a, b), np.maximum(c, d), np.minimum(c, d)
-    lesser_high, greater_low = np.minimum(high_ab, high_cd), np.maximum(low_ab, low_cd)
-    second = np.maximum(lesser_high, greater_low)  # 2nd largest of the window
-    third = np.minimum(lesser_high, greater_low)   # 2nd smallest
-    diagonal = (np.minimum(a, d) > np.maximum(b, c)) | (np.minimum(b, c) > np.maximum(a, d))
-    # 4E = n(1 pixel) - n(3 pixels) - 2 n(diagonal pair) over windows; a window holds one foreground
-    # pixel for c in [second, largest), three for [smallest, third), a diagonal pair for [third, second).
-    # With hist(smallest) + hist(third) + hist(second) + hist(largest) = 4 hist(map) (+ padding zeros),
-    # the difference array collapses to three histograms.
+    # flat 1-D slices keep every neighbour comparison contiguous; the zero padding never counts as
+    # earlier (it is not above any nonzero value) and pixels of value 0 are never foreground
+    flat = padded.ravel()
+    start, count = padded_width + 1, height * padded_width - 2
+    centre = flat[start:start + count]
+    code = np.zeros(count, dtype=np.uint8)
+    earlier = np.empty(count, dtype=bool)
+    # code = sum of earlier << bit, built high bit first as code = 2 code + earlier (fast uint8 adds)
+    for bit in reversed(range(len(_NEIGHBOURS))):
+        dy, dx = _NEIGHBOURS[bit]
+        offset = dy * padded_width + dx
+        # ties go to the raster order: a later neighbour of equal value comes earlier in the order
+        compare = np.greater_equal if offset > 0 else np.greater
+        compare(flat[start + offset:start + offset + count], centre, out=earlier)
+        np.add(code, code, out=code)
+        np.add(code, earlier, out=code)
+    change = cv2.LUT(code, _EULER_CHANGE).reshape(count)  # OpenCV returns an (n, 1) column
+    position = np.flatnonzero((change != 0) & (centre > 0))
+    value, change = centre[position], change[position].astype(np.int64)
+    position += start
+    per_value = np.bincount(value, weights=change, minlength=256).astype(np.int64)
+    euler4 = per_value.sum() - np.cumsum(per_value)
+
     value_counts = _histogram(u)
-    window_values = 4 * value_counts
-    window_values[0] += 4 * ((height + 1) * (width + 1) - height * width)
-    third_or_second = third + (second - third) * diagonal.view(np.uint8)
-    euler4 = np.cumsum(2 * _histogram(third_or_second) + 2 * _histogram(second) - window_values)
+    # The lowest pixel (in the same order, ascending) of a hole is a local minimum among its 4
+    # neighbours, not on the image border, and enclosed in its row and column: at levels
+    # u[m] <= c < min of the four ray maxima from m to the edges. No such minimum, no hole.
+    later, earlier_neighbour = (1, padded_width), (-1, -padded_width)
+    minimum = np.ones(count, dtype=bool)
+    for offsets, compare in ((later, np.greater_equal), (earlier_neighbour, np.greater)):
+        for offset in offsets:
+            minimum &= compare(flat[start + offset:start + offset + count], centre)
+    minima = np.flatnonzero(minimum) + start
+    min_y, min_x = minima // padded_width - 1, minima % padded_width - 1
+    interior = (min_y > 0) & (min_y < height - 1) & (min_x > 0) & (min_x < width - 1)
+    min_y, min_x = min_y[interior], min_x[interior]
+    enclosed_below = _ray_maxima(u, min_y, min_x)
+    min_value = u[min_y, min_x]
+    hole_suspects = np.cumsum(np.bincount(min_value, minlength=256)
+                              - np.bincount(np.maximum(enclosed_below, min_value), minlength=256))
 
-    # a background pixel p is enclosed in its row and column at levels u[p] <= c < min of the four
-    # running maxima through p
-    bounded_background = np.cumsum(value_counts - _histogram(np.maximum(_enclosing_max(u), u)))
+    critical = (position // padded_width - 1, position % padded_width - 1, value.astype(np.int64), change)
+    return _Topology(value_counts, euler4, hole_suspects, critical)
 
-    return _Topology(value_counts, euler4, bounded_background)
+
+def _certify_by_regions(u: np.ndarray, tiles: _Tiles, critical: Tuple[np.ndarray, ...], candidates: np.ndarray
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes of hole-free levels with several components, from a few labellings instead of tracing.
+
+    The components of ``u > c`` are labelled at the lowest candidate level c; every higher level's
+    components lie inside those regions. A region's Euler number at each level is the sum of the 4 E
+    changes of its pixels above that level (``critical``), so where no level has holes and every region
+    holds at most one component (E <= 1), each nonempty region is one component whose box is the
+    bounding box of the region's pixels above the level: from per-row and per-column maxima, for
+    all levels at once. Levels left over get the next labelling, up to ``_MAX_REGION_ROUNDS``.
+
+    Args:
+        candidates: indices of tiles (ascending cut) whose level has no hole and E >= 2.
+
+    Returns:
+        ``(boxes (n, 4), tile (n,), certified tile indices)``.
+    """
+    crit_y, crit_x, crit_value, crit_change = critical
+    boxes, box_tile, certified = [np.zeros((0, 4), dtype=np.int64)], [np.zeros(0, dtype=np.int64)], []
+    remaining = candidates
+    for _ in range(_MAX_REGION_ROUNDS):
+        if not len(remaining):
+            break
+        lowest = remaining[0]
+        cut = int(tiles.cut[lowest])
+        y0, y1, x0, x1 = (int(tiles.y0[lowest]), int(tiles.y1[lowest]) + 1, int(tiles.x0[lowest]),
+                          int(tiles.x1[lowest]) + 1)
+        crop = u[y0:y1, x0:x1]
+        n_labels, labels = cv2.connectedComponents((crop > cut).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        above = crit_value > cut  # all inside the crop, on foreground of the labelled level
+        region = labels[crit_y[above] - y0, crit_x[above] - x0]
+        per_value = np.bincount(region * 256 + crit_value[above], weights=crit_change[above],
+                                minlength=n_labels * 256).astype(np.int64).reshape(n_labels, 256)
+        region_euler4 = per_value.sum(axis=1, keepdims=True) - np.cumsum(per_value, axis=1)
+        cuts = tiles.cut[remaining]
+        one_each = (region_euler4[1:, cuts] <= 4).all(axis=0)
+        done, remaining = remaining[one_each], remaining[~one_each]
+        certified.append(done)
+        done_cuts = tiles.cut[done]
+        used = np.flatnonzero((region_euler4[:, done_cuts] == 4).any(axis=1))
+        if not len(used):
+            continue
+        row_max = np.empty((len(used), crop.shape[0]), dtype=np.uint8)
+        col_max = np.empty((len(used), crop.shape[1]), dtype=np.uint8)
+        for index, label in enumerate(used.tolist()):
+            pixels = crop * (labels == label)
+            pixels.max(axis=1, out=row_max[index])
+            pixels.max(axis=0, out=col_max[index])
+        # every (region, level) pair where the region is not empty
+        which, level_index = np.nonzero(done_cuts[None, :] < row_max.max(axis=1)[:, None])
+        level = done_cuts[level_index]
+        bounds = np.stack([_first_above(col_max, which, level), _first_above(row_max, which, level),
+                           crop.shape[1] - 1 - _first_above(col_max[:, ::-1], which, level),
+                           crop.shape[0] - 1 - _first_above(row_max[:, ::-1], which, level)], axis=1)
+        boxes.append(_to_image_boxes(bounds, x0, y0, 0, u.shape))
+        box_tile.append(done[level_index])
+    certified = np.concatenate(certified) if certified else np.zeros(0, dtype=np.int64)
+    return np.concatenate(boxes), np.concatenate(box_tile), certified
+
+
+def _first_above(profiles: np.ndarray, which: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Per pair, the first index i with ``profiles[which, i] > level`` (there is one), for all pairs at once.
+
+    Running maxima make each uint8 row nondecreasing; adding 256 per row makes the whole flattened
+    array nondecreasing, so one ``searchsorted`` answers every pair.
+    """
+    count, length = profiles.shape
+    running = np.maximum.accumulate(profiles, axis=1).astype(np.int64) + 256 * np.arange(count)[:, None]
+    return np.searchsorted(running.ravel(), level + 256 * which, side="right") - which * length
 
 
 def _shelf_pack(heights: np.ndarray, widths: np.ndarray, mosaic_width: int) -> Tuple[np.ndarray, np.ndarray, int]:
