@@ -143,6 +143,23 @@ def test_clear_errors_when_model_data_or_checkpoint_do_not_fit(stage1_run, tmp_p
         train(tscam, make_model(tscam), data, RunOptions(out_dir=tmp_path, resume=tmp_path / "nope.pt"))
 
 
+def test_resume_after_the_partial_last_batch_of_an_epoch(tmp_path):
+    """10 images in batches of 4: the third batch holds 2; a checkpoint after it must resume at the next epoch."""
+    recipe = get_recipe("tscam", epochs=2, **SMALL)
+    data = TrainData(ColourClasses(10), NUM_CLASSES)
+    whole = run(recipe, tmp_path / "whole", data)
+    stopped = run(recipe, tmp_path / "split", data, stop_after_steps=3)
+    assert stopped.position.as_dict() == {"epoch": 0, "batches": 3, "step": 3}
+    (tmp_path / "split" / ".last.pt.abc.tmp").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
+    again = run(recipe, tmp_path / "split", data, stop_after_steps=3, resume=tmp_path / "split" / "last.pt")
+    assert not again.finished and again.position == stopped.position  # already there: no step taken
+    resumed = run(recipe, tmp_path / "split", data, resume=tmp_path / "split" / "last.pt")
+    assert not (tmp_path / "split" / ".last.pt.abc.tmp").exists()
+    assert [e["step"] for e in resumed.history] == [3, 6] and resumed.history[0]["loss"] == whole.history[0]["loss"]
+    expected = whole.model.state_dict()
+    assert all(torch.equal(resumed.model.state_dict()[key], expected[key]) for key in expected)
+
+
 @pytest.mark.parametrize("name", ["tscam", "trt-stage1"])
 def test_a_stopped_run_resumes_bit_for_bit(name, tmp_path):
     """Stop mid-epoch (with gradient accumulation, augmentation and drop path), resume with loader

@@ -169,7 +169,8 @@ def resolve_amp(requested: str, device: torch.device) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[requested]
 
 
-def loader_options(device: torch.device, workers: Optional[int], world_size: int = 1) -> Dict[str, Any]:
+def loader_options(device: torch.device, workers: Optional[int], world_size: int = 1,
+                   persistent: bool = True) -> Dict[str, Any]:
     """DataLoader worker and memory settings for ``device``.
 
     Args:
@@ -177,7 +178,8 @@ def loader_options(device: torch.device, workers: Optional[int], world_size: int
         workers: loader processes per rank; ``None`` picks: on CUDA, this node's CPUs shared among
             its ranks (at most 8 each); on CPU 0, so that decoding does not compete with the
             training threads.
-        world_size: number of ranks (for sharing the CPUs).
+        world_size: number of ranks on this node (for sharing the CPUs).
+        persistent: keep the workers between epochs (a loader iterated many times).
     """
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 1) // max(1, world_size))) if device.type == "cuda" else 0
@@ -185,5 +187,5 @@ def loader_options(device: torch.device, workers: Optional[int], world_size: int
         raise ValueError(f"workers must be >= 0, got {workers}")
     options: Dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=4)
+        options.update(persistent_workers=persistent, prefetch_factor=4)
     return options

@@ -53,6 +53,8 @@ from .transforms import train_transform
 __all__ = ["DATA_FORMATS", "build_data", "detect_defaults", "detect_format", "holdout_split", "LabelledImages"]
 
 DATA_FORMATS = ("auto", "cub", "imagefolder", "wsol")
+#: images per validation forward pass and process (no gradients: small next to a training batch)
+VAL_BATCH_SIZE = 32
 _ILSVRC_CLASSES = 1000
 
 
@@ -182,8 +184,8 @@ class _Validation:
         all-reduce) gives exactly the metrics of one pass over the whole split.
         """
         shard = Subset(self.dataset, range(ctx.rank, len(self.dataset), ctx.world_size))
-        loader = DataLoader(shard, batch_size=32, shuffle=False, collate_fn=_collate,
-                            **loader_options(ctx.device, None))
+        loader = DataLoader(shard, batch_size=VAL_BATCH_SIZE, shuffle=False, collate_fn=_collate,
+                            **loader_options(ctx.device, None, persistent=False))
         accumulators = self._accumulators()
         explainer = None
         if self.protocol != "classification":

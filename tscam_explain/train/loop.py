@@ -121,6 +121,10 @@ class TrainResult:
     finished: bool
 
 
+#: what a run writes into its output folder
+_OUTPUT_FILES = ("last.pt", "best.pt", "model.pt", "log.jsonl", "run.json")
+
+
 @dataclass
 class _EpochStats:
     """Running sums of the epoch in progress (kept in mid-epoch checkpoints so the log stays whole)."""
@@ -210,6 +214,7 @@ class _Trainer:
             seed_everything(options.seed + self.ctx.rank)
         if self.ctx.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temporaries()
             self._write_run_file()
 
     # -- set-up helpers -------------------------------------------------------------------------
@@ -240,6 +245,12 @@ class _Trainer:
         self.best = checkpoint["best"]
         self.stats = _EpochStats(**checkpoint["epoch_stats"])
         restore_rng(rng_for_rank(checkpoint["rng"], self.ctx.rank, self.ctx.world_size))
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files a killed run left mid-write (the files they were replacing are intact)."""
+        for name in _OUTPUT_FILES:
+            for stale in self.out_dir.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     def _write_run_file(self) -> None:
         run = {
@@ -298,10 +309,14 @@ class _Trainer:
     def run(self) -> TrainResult:
         epochs = self.recipe.epochs
         accum = self.options.accum_steps
+        if self._should_stop():
+            return self._result(finished=False)
         while self.position.epoch < epochs:
             epoch = self.position.epoch
             self.scheduler.step(epoch)
-            self.sampler.set_position(epoch, self.position.batches * self.per_rank_batch)
+            # the last batch of an epoch may be partial: a checkpoint taken after it skips the whole shard
+            consumed = min(self.position.batches * self.per_rank_batch, self.sampler.num_samples)
+            self.sampler.set_position(epoch, consumed)
             self._set_train_mode()
             progress = tqdm(total=self.batches_per_epoch, initial=self.position.batches,
                             desc=f"epoch {epoch + 1}/{epochs}", unit="batch", dynamic_ncols=True,
@@ -323,7 +338,7 @@ class _Trainer:
                     continue
                 self._optimizer_step()
                 self.position = Position(epoch, batch_index, self.position.step + 1)
-                stop = self.options.stop_after_steps is not None and self.position.step >= self.options.stop_after_steps
+                stop = self._should_stop()
                 every = self.options.checkpoint_every
                 if stop or (every and self.position.step % every == 0):
                     self._fold_stats(loss_sum, samples, started)
@@ -340,6 +355,9 @@ class _Trainer:
             save_model(self.model, self.out_dir / "model.pt")
         self.ctx.barrier()
         return self._result(finished=True)
+
+    def _should_stop(self) -> bool:
+        return self.options.stop_after_steps is not None and self.position.step >= self.options.stop_after_steps
 
     def _fold_stats(self, loss_sum: torch.Tensor, samples: int, started: float) -> None:
         """Add this rank's running loss and the global sample count to the epoch's stats."""
