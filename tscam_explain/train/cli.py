@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+import torch.distributed as dist
 
 from ..models import HEADS
 from .components import AMP_CHOICES, build_model, data_normalization, load_stage1, seed_everything
@@ -181,7 +184,10 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, seed=args.seed, resume=resume, stop_after_steps=args.stop_after_steps,
         deterministic=args.deterministic, progress=not args.no_progress)
     result = train(recipe, model, dataset, options)
-    if result.best is not None:
-        print(f"best {result.best['metric']} = {result.best['value']:.4f} at epoch {result.best['epoch']}")
-    print(("finished" if result.finished else "stopped") + f" at {result.position.as_dict()}; files in {args.out}")
+    if dist.is_initialized():  # launched by torchrun: leave the process group cleanly
+        dist.destroy_process_group()
+    if os.environ.get("RANK", "0") == "0":
+        if result.best is not None:
+            print(f"best {result.best['metric']} = {result.best['value']:.4f} at epoch {result.best['epoch']}")
+        print(("finished" if result.finished else "stopped") + f" at {result.position.as_dict()}; files in {args.out}")
     return 0
