@@ -1,4 +1,6 @@
 """The TS-CAM model, its heads and checkpoint files."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,9 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert [p.name for p in tmp_path.joinpath("sub").iterdir()] == ["model.pt"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_bad_checkpoint_and_arguments(tmp_path):
