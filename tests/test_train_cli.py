@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from tscam_explain.checkpoint import load_file
 from tscam_explain.cli import main
@@ -211,6 +212,22 @@ def write_wsol_metadata(cub: Path, split_dir: Path, is_train: str) -> Path:
     for name, lines in files.items():
         (split_dir / name).write_text("\n".join(lines) + "\n")
     return split_dir
+
+
+def test_validation_readers_normalise_with_the_backbones_statistics(cub, tmp_path):
+    """The validation images of a held-out CUB split and of a wsolevaluation split are normalised
+    with the given (mean, std), here not ImageNet's."""
+    recipe = get_recipe("tscam", img_size=32, resize_size=40)
+    mean, std = (0.5, 0.25, 0.75), (0.25, 0.5, 0.125)
+    val_meta = write_wsol_metadata(cub, tmp_path / "metadata" / "CUB" / "val", "0")
+    for options in (dict(val_fraction=0.2), dict(val_metadata=val_meta, val_images=cub / "images")):
+        ours = build_data(recipe, cub, normalization=(mean, std), **options).validate.dataset[0]["image"]
+        imagenet = build_data(recipe, cub, normalization=data_normalization("deit_tiny_patch16_224"),
+                              **options).validate.dataset[0]["image"]
+        # the same pixels (ToTensor) under both normalisations
+        column = lambda values: torch.tensor(values)[:, None, None]  # noqa: E731
+        pixels = imagenet * column(IMAGENET_DEFAULT_STD) + column(IMAGENET_DEFAULT_MEAN)
+        torch.testing.assert_close(ours, (pixels - column(mean)) / column(std))
 
 
 def test_wsolevaluation_metadata_for_training_and_a_validation_split(cub, tmp_path):

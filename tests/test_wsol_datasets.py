@@ -243,3 +243,26 @@ def test_openimages_masks_union_and_ignore_minus_foreground(tmp_path):
     write_lines(metadata / "localization.txt", ["c1/x.jpg,x_m1.png,x_ignore.png", "c1/x.jpg,missing.png,"])
     with pytest.raises(DatasetFormatError, match=r"localization.txt:2: mask file not found"):
         WSOLEvalDataset(metadata, images, masks)
+
+
+# not ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225): a reader that ignored them would show
+MEAN, STD = (0.25, 0.5, 0.75), (0.5, 0.25, 0.2)
+
+
+def _list_reader(root: Path, **normalization) -> ILSVRCListDataset:
+    write_image(root / "val/a.JPEG", (100, 50))
+    write_lines(root / "val.txt", ["val/a.JPEG 0 10 5 60 25"])
+    return ILSVRCListDataset(root / "val.txt", root, **normalization)
+
+
+@pytest.mark.parametrize("make_reader", [
+    lambda root, **kw: CUBDataset(make_cub(root / "CUB_200_2011"), "test", **kw),
+    lambda root, **kw: ILSVRCXMLDataset(*make_ilsvrc_xml(root), **kw),
+    _list_reader,
+    lambda root, **kw: WSOLEvalDataset(*make_wsolevaluation_boxes(root), **kw),
+], ids=["cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation"])
+def test_every_reader_normalises_with_the_given_mean_and_std(tmp_path, make_reader):
+    image = make_reader(tmp_path, mean=MEAN, std=STD)[0]["image"]
+    # the first image of each is pure red: ToTensor gives (1, 0, 0) (JPEG leaves a little error)
+    expected = [(value - mean) / std for value, mean, std in zip((1, 0, 0), MEAN, STD)]
+    assert image[:, 100, 100].tolist() == pytest.approx(expected, abs=0.1)

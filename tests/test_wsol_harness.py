@@ -1,10 +1,14 @@
-"""evaluate(): exact plumbing with a deterministic explainer, a real run with pytorch-grad-cam on a
-tiny timm ViT, the report files, and the ``tscam-explain evaluate`` command end to end."""
+"""evaluate(): exact plumbing with a deterministic explainer, shards merged over two gloo ranks, a
+real run with pytorch-grad-cam on a tiny timm ViT, the report files, and the ``tscam-explain
+evaluate`` command end to end."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import pickle
+from datetime import timedelta
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List
 
 import numpy as np
 import pytest
@@ -12,10 +16,12 @@ import timm
 import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM
+from torch.utils.data import Subset
 
 from tscam_explain.cli import main
 from tscam_explain.vit import ViTReshapeTransform
 from tscam_explain.wsol import ILSVRCListDataset, WSOLEvalDataset, evaluate
+from tscam_explain.wsol import cli as wsol_cli
 
 # Class c's map is 1 inside BLOCKS[c] (inclusive x0, y0, x1, y1), 0 elsewhere.
 BLOCKS = {0: (20, 20, 119, 119), 1: (100, 100, 199, 199), 2: (150, 0, 199, 49)}
@@ -46,6 +52,11 @@ def block_dataset(root: Path, protocol: str, input_size: int = 224) -> ILSVRCLis
         Image.new("RGB", (224, 224), color).save(root / f"{index}.png")
         lines.append(" ".join(map(str, [f"{index}.png", label, *boxes])))
     (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return block_reader(root, protocol, input_size)
+
+
+def block_reader(root: Path, protocol: str, input_size: int = 224) -> ILSVRCListDataset:
+    """A reader of the files :func:`block_dataset` wrote."""
     return ILSVRCListDataset(root / "list.txt", root, num_classes=3, protocol=protocol, input_size=input_size)
 
 
@@ -100,9 +111,62 @@ def test_protocol_mismatch_and_missing_threshold_fail_clearly(tmp_path):
     dataset = block_dataset(tmp_path, "tscam")
     with pytest.raises(ValueError, match="maps boxes for the 'tscam' protocol"):
         evaluate(BlockExplainer(), dataset, "maxboxacc", progress=False)
+    with pytest.raises(ValueError, match="maps boxes for the 'tscam' protocol"):  # a shard is checked too
+        evaluate(BlockExplainer(), Subset(dataset, [0, 1]), "maxboxacc", progress=False)
+    with pytest.raises(ValueError, match="pass sync=True"):
+        evaluate(BlockExplainer(), dataset, "tscam", progress=False, process_group=object())
     dataset.benchmark = None
     with pytest.raises(ValueError, match="pass cam_threshold"):
         evaluate(BlockExplainer(), dataset, "tscam", progress=False)
+
+
+def _evaluate_half(rank: int, root: str, init_file: str) -> Dict[str, Any]:
+    """Rank ``rank`` of two evaluates its half of the block images with ``sync``, both protocols."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                                         timeout=timedelta(seconds=120))
+    try:
+        half = [[0], [1, 2, 3]][rank]  # unequal shards: the counts, not the per-rank percentages, add up
+        reports = {}
+        for protocol in ("tscam", "maxboxacc"):
+            shard = Subset(block_reader(Path(root) / protocol, protocol), half)
+            reports[protocol] = evaluate(BlockExplainer(), shard, protocol, batch_size=2, progress=False, sync=True)
+        # an explicit group: the same merge over a group of both ranks
+        group = torch.distributed.new_group([0, 1])
+        shard = Subset(block_reader(Path(root) / "maxboxacc", "maxboxacc"), half)
+        reports["group"] = evaluate(BlockExplainer(), shard, "maxboxacc", progress=False, sync=True,
+                                    process_group=group)
+    finally:
+        torch.distributed.destroy_process_group()
+    return {name: (report.metrics, report.dataset["images"]) for name, report in reports.items()}
+
+
+def _evaluate_half_child(root: str, init_file: str, out_file: str) -> None:
+    Path(out_file).write_bytes(pickle.dumps(_evaluate_half(1, root, init_file)))
+
+
+def test_sync_over_two_gloo_ranks_gives_the_single_process_metrics(tmp_path):
+    """This process and a spawned one each evaluate a disjoint part of the 4 images with sync=True:
+    both get exactly the report metrics of one process over all 4."""
+    singles = {}
+    for protocol in ("tscam", "maxboxacc"):
+        (tmp_path / protocol).mkdir()  # written once, before the ranks read them
+        singles[protocol] = evaluate(BlockExplainer(), block_dataset(tmp_path / protocol, protocol), protocol,
+                                     progress=False).metrics
+    child = multiprocessing.get_context("spawn").Process(
+        target=_evaluate_half_child, args=(str(tmp_path), str(tmp_path / "init"), str(tmp_path / "rank1.pkl")))
+    child.start()
+    try:
+        mine = _evaluate_half(0, str(tmp_path), str(tmp_path / "init"))
+    finally:
+        child.join(timeout=120)
+    assert child.exitcode == 0
+    theirs = pickle.loads((tmp_path / "rank1.pkl").read_bytes())
+    for name, protocol in (("tscam", "tscam"), ("maxboxacc", "maxboxacc"), ("group", "maxboxacc")):
+        assert mine[name] == theirs[name] == (singles[protocol], 4)
+    # the merge is not vacuous: one rank's part alone scores differently
+    alone = evaluate(BlockExplainer(), Subset(block_reader(tmp_path / "tscam", "tscam"), [1, 2, 3]), "tscam",
+                     progress=False)
+    assert alone.metrics != mine["tscam"][0]
 
 
 def tiny_vit() -> torch.nn.Module:
@@ -157,3 +221,25 @@ def test_evaluate_command_end_to_end(tmp_path, capsys, protocol, metric):
     assert report["dataset"]["images"] == 3 and report["settings"]["explainer"] == "TSCAMExplainer"
     printed = capsys.readouterr().out
     assert f"| {metric} |" in printed and "report.json" in printed
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_evaluate_command_normalises_images_as_the_model_was_trained(tmp_path, monkeypatch):
+    """timm's vit_tiny_patch16_224 was trained with mean = std = 0.5 (not ImageNet's): the reader
+    gets the model's own normalisation, and the head is sized to the data's 2 classes."""
+    seen = {}
+
+    def capture(explainer, dataset, *args, **kwargs):
+        seen.update(explainer=explainer, dataset=dataset)
+        raise _Stop
+
+    monkeypatch.setattr(wsol_cli, "evaluate", capture)
+    with pytest.raises(_Stop):
+        main(["evaluate", "--model", "vit_tiny_patch16_224", "--data", str(make_cub(tmp_path)), "--explainer",
+              "gradcam", "--device", "cpu", "--out", str(tmp_path / "out")])
+    # image 0 is pure red: ToTensor gives (1, 0, 0), then (x - 0.5) / 0.5 (JPEG leaves a little error)
+    assert seen["dataset"][0]["image"][:, 10, 10].tolist() == pytest.approx([1.0, -1.0, -1.0], abs=0.05)
+    assert seen["explainer"].model.num_classes == 2

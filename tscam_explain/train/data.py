@@ -30,20 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from ..explainers import make_explainer
-from ..wsol import (TSCAM_CAM_THRESHOLDS, BoxAccuracy, ClassificationAccuracy, CUBDataset, ILSVRCListDataset,
-                    LocalizationAccuracy, WSOLEvalDataset, explain_batch, maxboxacc_scoremap, tscam_box,
-                    tscam_scoremap, wsol_collate)
-from ..wsol.datasets import WSOLDataset
-from ..wsol.metrics import GT_KNOWN_CURVE_IOUS, MetricAccumulator
+from ..wsol import (TSCAM_CAM_THRESHOLDS, ClassificationAccuracy, CUBDataset, ILSVRCListDataset, WSOLEvalDataset,
+                    evaluate, wsol_collate)
+from ..wsol.datasets import WSOLDataset, eval_transform
 from .components import loader_options
 from .distributed import DistContext
 from .loop import TrainData
@@ -142,11 +138,6 @@ def holdout_split(labels: Sequence[int], fraction: float, seed: int) -> Tuple[Li
     return [i for i in range(len(labels)) if i not in held_set], sorted(held)
 
 
-def _eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """Both official codes' test transform, with the backbone's own normalisation."""
-    return T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(mean, std)])
-
-
 @dataclass
 class _Validation:
     """A validation set and how the trainer scores a model on it (see :meth:`__call__`)."""
@@ -155,50 +146,34 @@ class _Validation:
     protocol: str  # "tscam", "maxboxacc" or "classification"
     cam_threshold: Optional[float] = None
 
-    def _accumulators(self) -> Dict[str, MetricAccumulator]:
-        if self.protocol == "tscam":
-            return {"localization": LocalizationAccuracy(GT_KNOWN_CURVE_IOUS)}
-        if self.protocol == "maxboxacc":
-            return {"classification": ClassificationAccuracy(), "boxes": BoxAccuracy(largest_contour=True)}
-        return {"classification": ClassificationAccuracy()}
-
-    def _update(self, accumulators: Dict[str, MetricAccumulator], model: nn.Module, explainer: Any,
-                batch: Dict[str, Any], device: torch.device) -> None:
-        images, labels = batch["image"].to(device, non_blocking=True), batch["label"]
-        if explainer is None:
-            accumulators["classification"].update(model(images), labels)
-            return
-        maps, logits = explain_batch(explainer, images, labels)
-        size = tuple(images.shape[-2:])
-        if self.protocol == "tscam":
-            boxes = np.stack([tscam_box(tscam_scoremap(cam, size), self.cam_threshold) for cam in maps])
-            accumulators["localization"].update(logits, labels, boxes, batch["boxes"])
-        else:
-            accumulators["classification"].update(logits, labels)
-            accumulators["boxes"].update(np.stack([maxboxacc_scoremap(cam, size) for cam in maps]), batch["boxes"])
-
     def __call__(self, model: nn.Module, ctx: DistContext) -> Dict[str, float]:
         """Score ``model`` on this rank's shard, merge the metric counts over ranks, return the metrics.
 
-        The harness's accumulators keep integer counts, so merging the shards (``sync``: one
-        all-reduce) gives exactly the metrics of one pass over the whole split.
+        The metrics keep integer counts, so merging the shards (one all-reduce) gives exactly the
+        metrics of one pass over the whole split.
         """
         shard = Subset(self.dataset, range(ctx.rank, len(self.dataset), ctx.world_size))
+        if self.protocol == "classification":
+            return self._classification(model, shard, ctx)
+        explainer = make_explainer(getattr(model, "arch", "tscam"), model)
+        try:
+            report = evaluate(explainer, shard, self.protocol, batch_size=VAL_BATCH_SIZE, device=ctx.device,
+                              num_workers=loader_options(ctx.device, None)["num_workers"],
+                              cam_threshold=self.cam_threshold, progress=False, sync=True)
+        finally:
+            explainer.release()
+        return _flatten(report.metrics)
+
+    @staticmethod
+    def _classification(model: nn.Module, shard: Dataset, ctx: DistContext) -> Dict[str, float]:
+        """Top-1/Top-5 of the model's own logits (no maps: no boxes, or a TRT stage-1 CAM branch)."""
         loader = DataLoader(shard, batch_size=VAL_BATCH_SIZE, shuffle=False, collate_fn=_collate,
                             **loader_options(ctx.device, None, persistent=False))
-        accumulators = self._accumulators()
-        explainer = None
-        if self.protocol != "classification":
-            explainer = make_explainer(getattr(model, "arch", "tscam"), model)
-        try:
-            for batch in loader:
-                self._update(accumulators, model, explainer, batch, ctx.device)
-        finally:
-            if explainer is not None:
-                explainer.release()
-        for accumulator in accumulators.values():
-            accumulator.sync()
-        return _flatten({name: accumulator.compute() for name, accumulator in accumulators.items()})
+        accuracy = ClassificationAccuracy()
+        for batch in loader:
+            accuracy.update(model(batch["image"].to(ctx.device, non_blocking=True)), batch["label"])
+        accuracy.sync()
+        return accuracy.compute()
 
 
 def _collate(items: List[Any]) -> Dict[str, Any]:
@@ -210,25 +185,14 @@ def _collate(items: List[Any]) -> Dict[str, Any]:
 
 
 def _flatten(results: Dict[str, Any]) -> Dict[str, float]:
-    """The headline numbers of the accumulators' results, as flat ``name: value`` for the log."""
-    metrics: Dict[str, float] = {}
+    """The headline numbers of the harness's metrics, as flat ``name: value`` for the log."""
     if "localization" in results:
-        metrics.update({key: value for key, value in results["localization"].items() if isinstance(value, float)})
-    if "classification" in results:
-        metrics.update(results["classification"])
-    if "boxes" in results:
-        metrics["MaxBoxAcc"] = results["boxes"]["MaxBoxAcc"]["per_iou"][50]
-        metrics["MaxBoxAccV2"] = results["boxes"]["MaxBoxAccV2"]["mean"]
-    return metrics
+        return {key: value for key, value in results["localization"].items() if isinstance(value, float)}
+    return {**results["classification"], "MaxBoxAcc": results["MaxBoxAcc"]["per_iou"][50],
+            "MaxBoxAccV2": results["MaxBoxAccV2"]["mean"]}
 
 
 _SELECT = {"tscam": "gt_known", "maxboxacc": "MaxBoxAccV2", "classification": "top1"}
-
-
-def _use_normalization(reader: WSOLDataset, mean: Sequence[float], std: Sequence[float]) -> WSOLDataset:
-    """Readers normalise with ImageNet's statistics; a backbone pretrained with others needs its own."""
-    reader.transform = _eval_transform(reader.input_size, mean, std)
-    return reader
 
 
 def build_data(recipe: Recipe, data: Path, *, normalization: Tuple[Sequence[float], Sequence[float]],
@@ -258,13 +222,13 @@ def build_data(recipe: Recipe, data: Path, *, normalization: Tuple[Sequence[floa
     # every source gives (path, label) samples and, where boxes exist, a reader of the same images
     reader: Optional[WSOLDataset] = None
     if kind == "cub":
-        reader = CUBDataset(data, split="train", protocol="tscam", input_size=size)
+        reader = CUBDataset(data, split="train", protocol="tscam", input_size=size, mean=mean, std=std)
         samples = [(record.image_path, record.label) for record in reader.records]
         num_classes = reader.num_classes
     elif kind == "wsol":
         if train_metadata is None:
             raise ValueError("format 'wsol' needs --train-metadata (the training split's metadata folder)")
-        reader = WSOLEvalDataset(train_metadata, data, protocol="maxboxacc", input_size=size)
+        reader = WSOLEvalDataset(train_metadata, data, protocol="maxboxacc", input_size=size, mean=mean, std=std)
         samples = [(record.image_path, record.label) for record in reader.records]
         num_classes = reader.num_classes
     else:
@@ -274,7 +238,8 @@ def build_data(recipe: Recipe, data: Path, *, normalization: Tuple[Sequence[floa
         samples = [(Path(path), label) for path, label in folder.samples]
         num_classes = len(folder.classes)
         if boxes is not None:
-            reader = ILSVRCListDataset(boxes, data, num_classes=num_classes, protocol="tscam", input_size=size)
+            reader = ILSVRCListDataset(boxes, data, num_classes=num_classes, protocol="tscam", input_size=size,
+                                       mean=mean, std=std)
             _check_box_labels(reader, data, dict(samples))
     if num_classes < 2:
         raise ValueError(f"{data} has {num_classes} class(es); training a classifier needs at least 2")
@@ -282,21 +247,22 @@ def build_data(recipe: Recipe, data: Path, *, normalization: Tuple[Sequence[floa
     validation: Optional[_Validation] = None
     description = f"{kind} data at {data}, {num_classes} classes"
     if val_metadata is not None:
-        val_reader = WSOLEvalDataset(val_metadata, val_images or data, protocol="maxboxacc", input_size=size)
+        val_reader = WSOLEvalDataset(val_metadata, val_images or data, protocol="maxboxacc", input_size=size,
+                                     mean=mean, std=std)
         _check_classes(val_reader, num_classes, val_metadata)
-        validation = _Validation(_use_normalization(val_reader, mean, std), "maxboxacc")
+        validation = _Validation(val_reader, "maxboxacc")
         description += f"; validation: {len(val_reader)} images of {val_metadata}"
     elif val_fraction > 0:
         if reader is not None:
             # hold out among the images that have boxes (with --boxes: the listed ones)
             held = holdout_split([record.label for record in reader.records], val_fraction, seed)[1]
             held_paths = {reader.records[i].image_path.resolve() for i in held}
-            val_set: Dataset = Subset(_use_normalization(reader, mean, std), held)
+            val_set: Dataset = Subset(reader, held)
             protocol = reader.protocol
             samples_kept = [sample for sample in samples if sample[0].resolve() not in held_paths]
         else:
             train_indices, held = holdout_split([label for _, label in samples], val_fraction, seed)
-            val_set = LabelledImages([samples[i] for i in held], _eval_transform(size, mean, std))
+            val_set = LabelledImages([samples[i] for i in held], eval_transform(size, mean, std))
             protocol = "classification"
             samples_kept = [samples[i] for i in train_indices]
         description += f"; validation: {len(samples) - len(samples_kept)} training images held out (seed {seed})"

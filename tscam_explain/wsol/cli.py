@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 import timm
 import torch
+from timm.data import resolve_data_config
 
 from ..explainers import list_explainers, make_explainer
 from ..models import load_model
@@ -54,23 +56,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_dataset(args: argparse.Namespace) -> WSOLDataset:
+def build_dataset(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]) -> WSOLDataset:
     """The reader of ``--dataset-format`` for ``--protocol``, with a clear error for missing options.
 
     Args:
         args: the parsed ``evaluate`` options.
+        mean: the model's normalisation mean.
+        std: the model's normalisation standard deviation.
     """
     needs = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
     for option in needs.get(args.dataset_format, ()):
         if getattr(args, option) is None:
             raise SystemExit(f"--dataset-format {args.dataset_format} needs --{option.replace('_', '-')}")
+    normalization = dict(mean=mean, std=std)
     if args.dataset_format == "cub":
-        return CUBDataset(args.data, args.split, args.protocol)
+        return CUBDataset(args.data, args.split, args.protocol, **normalization)
     if args.dataset_format == "ilsvrc-xml":
-        return ILSVRCXMLDataset(args.data, args.image_dir, args.synsets, args.protocol)
+        return ILSVRCXMLDataset(args.data, args.image_dir, args.synsets, args.protocol, **normalization)
     if args.dataset_format == "ilsvrc-list":
-        return ILSVRCListDataset(args.data, args.image_dir, protocol=args.protocol)
-    return WSOLEvalDataset(args.data, args.image_dir, args.mask_dir, args.protocol)
+        return ILSVRCListDataset(args.data, args.image_dir, protocol=args.protocol, **normalization)
+    return WSOLEvalDataset(args.data, args.image_dir, args.mask_dir, args.protocol, **normalization)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,11 +84,16 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args: the parsed ``evaluate`` options.
     """
-    dataset = build_dataset(args)
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, map_location=args.device)
     else:
-        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=dataset.num_classes)
+        model = timm.create_model(args.model, pretrained=args.pretrained)
+    # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT)
+    config = resolve_data_config({}, model=getattr(model, "backbone", model))
+    dataset = build_dataset(args, config["mean"], config["std"])
+    if args.checkpoint is None and model.num_classes != dataset.num_classes:
+        # the data's classes were not known when the model was made; a head of another size has no use here
+        model.reset_classifier(dataset.num_classes)
     model = model.to(args.device).eval()
     explainer = make_explainer(args.explainer, model)
     report = evaluate(explainer, dataset, args.protocol, batch_size=args.batch_size, device=args.device,

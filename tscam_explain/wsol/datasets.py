@@ -6,7 +6,8 @@ Every reader is a ``torch.utils.data.Dataset`` whose items are dicts::
      "fixes": [str, …],  # + "mask", "ignore": bool (S, S) for mask annotations}
 
 The image is resized straight to ``S × S`` (``S = input_size``, default 224; both official codes'
-test transform) and normalised with the ImageNet mean and standard deviation. ``boxes`` are inclusive
+test transform, :func:`eval_transform`) and normalised with the given ``mean`` and ``std`` (default
+ImageNet's; pass the model's own, e.g. timm's ``resolve_data_config({}, model=vit)``). ``boxes`` are inclusive
 ``x0, y0, x1, y1`` in that resized image, transformed as the chosen protocol does it:
 
 * ``"tscam"``: ``int(max(x0 / W * S, 0))``, ``int(min(x1 / W * S, S - 1))`` (TS-CAM's loaders);
@@ -142,6 +143,22 @@ def _require_same_ids(reference: Dict[str, Any], reference_path: Path, other: Di
             raise where.error(f"id {key!r} has no entry in {other_path}")
 
 
+def eval_transform(input_size: int, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                   std: Sequence[float] = IMAGENET_DEFAULT_STD) -> transforms.Compose:
+    """Both official codes' test transform: resize straight to ``input_size``², to tensor, normalise.
+
+    Args:
+        input_size: side of the square network input.
+        mean: per-channel mean the model was trained with.
+        std: per-channel standard deviation the model was trained with.
+    """
+    return transforms.Compose([
+        transforms.Resize((input_size, input_size)),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+
 class WSOLDataset(Dataset):
     """Base of the readers: records → resized, normalised images and protocol-transformed boxes.
 
@@ -151,10 +168,13 @@ class WSOLDataset(Dataset):
         input_size: side of the square network input.
         benchmark: ``"CUB"``, ``"ILSVRC"`` or ``"OpenImages"`` (sets default CAM thresholds in the harness).
         num_classes: number of classes, when the annotations say it.
+        mean: per-channel normalisation mean (default ImageNet's); use the model's own.
+        std: per-channel normalisation standard deviation (default ImageNet's); use the model's own.
     """
 
     def __init__(self, records: List[Record], protocol: Protocol = "tscam", input_size: int = 224,
-                 benchmark: Optional[str] = None, num_classes: Optional[int] = None) -> None:
+                 benchmark: Optional[str] = None, num_classes: Optional[int] = None, *,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
         if not records:
@@ -167,11 +187,7 @@ class WSOLDataset(Dataset):
         self.has_masks = any(record.mask_paths for record in records)
         self.has_boxes = all(len(record.boxes) for record in records)
         self.fixes: List[str] = []
-        self.transform = transforms.Compose([
-            transforms.Resize((self.input_size, self.input_size)),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
-        ])
+        self.transform = eval_transform(self.input_size, mean, std)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -274,10 +290,13 @@ class CUBDataset(WSOLDataset):
         split: ``"test"`` (is_train 0), ``"train"`` (is_train 1) or ``"all"``.
         protocol: see :class:`WSOLDataset`.
         input_size: see :class:`WSOLDataset`.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
     """
 
     def __init__(self, root: PathLike, split: Literal["train", "test", "all"] = "test", protocol: Protocol = "tscam",
-                 input_size: int = 224) -> None:
+                 input_size: int = 224, *,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all'; got {split!r}")
         root = Path(root)
@@ -315,7 +334,7 @@ class CUBDataset(WSOLDataset):
             records.append(Record(image_id, _existing_image(root / "images", relative, image_source), label - 1,
                                   np.array([box], dtype=np.float64), image_source, [box_source]))
         num_classes = max(class_ids) if class_ids else None
-        super().__init__(records, protocol, input_size, benchmark="CUB", num_classes=num_classes)
+        super().__init__(records, protocol, input_size, benchmark="CUB", num_classes=num_classes, mean=mean, std=std)
 
 
 def _read_synsets(synsets: Union[Sequence[str], PathLike]) -> List[str]:
@@ -392,10 +411,13 @@ class ILSVRCXMLDataset(WSOLDataset):
         protocol: see :class:`WSOLDataset`.
         input_size: see :class:`WSOLDataset`.
         extension: image file extension.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
     """
 
     def __init__(self, annotation_dir: PathLike, image_dir: PathLike, synsets: Union[Sequence[str], PathLike],
-                 protocol: Protocol = "tscam", input_size: int = 224, extension: str = ".JPEG") -> None:
+                 protocol: Protocol = "tscam", input_size: int = 224, extension: str = ".JPEG", *,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
         annotation_dir, image_dir = Path(annotation_dir), Path(image_dir)
         names = _read_synsets(synsets)
         index = {name: position for position, name in enumerate(names)}
@@ -439,7 +461,7 @@ class ILSVRCXMLDataset(WSOLDataset):
             image_path = _existing_image(image_dir, filename.text.strip() + extension, source)
             records.append(Record(path.stem, image_path, labels.pop(), np.array(boxes, dtype=np.float64), source,
                                   box_sources, size=image_size, size_source=Source(path, size.line)))
-        super().__init__(records, protocol, input_size, benchmark="ILSVRC", num_classes=len(names))
+        super().__init__(records, protocol, input_size, benchmark="ILSVRC", num_classes=len(names), mean=mean, std=std)
 
 
 class ILSVRCListDataset(WSOLDataset):
@@ -451,10 +473,13 @@ class ILSVRCListDataset(WSOLDataset):
         num_classes: if given, labels must lie in ``0 … num_classes - 1``.
         protocol: see :class:`WSOLDataset`.
         input_size: see :class:`WSOLDataset`.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
     """
 
     def __init__(self, list_file: PathLike, image_dir: PathLike, num_classes: Optional[int] = None,
-                 protocol: Protocol = "tscam", input_size: int = 224) -> None:
+                 protocol: Protocol = "tscam", input_size: int = 224, *,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
         list_file, image_dir = Path(list_file), Path(image_dir)
         records, seen = [], {}
         for number, text in _numbered_lines(list_file):
@@ -476,7 +501,8 @@ class ILSVRCListDataset(WSOLDataset):
                 _check_box(box.tolist(), source)
             records.append(Record(relative, _existing_image(image_dir, relative, source), label, boxes, source,
                                   [source] * len(boxes)))
-        super().__init__(records, protocol, input_size, benchmark="ILSVRC", num_classes=num_classes)
+        super().__init__(records, protocol, input_size, benchmark="ILSVRC", num_classes=num_classes, mean=mean,
+                         std=std)
 
 
 class WSOLEvalDataset(WSOLDataset):
@@ -495,10 +521,13 @@ class WSOLEvalDataset(WSOLDataset):
         protocol: see :class:`WSOLDataset` (wsolevaluation's own is ``"maxboxacc"``).
         input_size: see :class:`WSOLDataset`.
         benchmark: ``"CUB"``, ``"ILSVRC"`` or ``"OpenImages"``; default: guessed from the folder names.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
     """
 
     def __init__(self, metadata_dir: PathLike, image_dir: PathLike, mask_dir: Optional[PathLike] = None,
-                 protocol: Protocol = "maxboxacc", input_size: int = 224, benchmark: Optional[str] = None) -> None:
+                 protocol: Protocol = "maxboxacc", input_size: int = 224, benchmark: Optional[str] = None, *,
+                 mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
         metadata_dir, image_dir = Path(metadata_dir), Path(image_dir)
         ids_path = metadata_dir / "image_ids.txt"
         labels_path = metadata_dir / "class_labels.txt"
@@ -538,7 +567,7 @@ class WSOLEvalDataset(WSOLDataset):
         if benchmark is None:
             parts = {part.lower() for part in metadata_dir.resolve().parts}
             benchmark = next((name for name in ("CUB", "ILSVRC", "OpenImages") if name.lower() in parts), None)
-        super().__init__(records, protocol, input_size, benchmark=benchmark)
+        super().__init__(records, protocol, input_size, benchmark=benchmark, mean=mean, std=std)
 
     @staticmethod
     def _read_localization(path: Path, ids: Dict[str, Source], ids_path: Path,

@@ -7,6 +7,9 @@ class) and leave the logits in ``explainer.outputs``. When the explainer has the
 ``attribute(…, upsample=False)`` (ours), the raw patch-grid maps are taken instead, so that the
 protocol resizes and normalises them exactly as the official code does; pytorch-grad-cam's maps come
 at input size already (the protocol's resize to the same size leaves them unchanged).
+
+Under ``torch.distributed``, ``evaluate(…, sync=True)`` on each process's shard of the images sums the
+metric counts over the processes, so every process gets the metrics of the whole dataset.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from tqdm.auto import tqdm
 from .boxes import maxboxacc_scoremap, tscam_box, tscam_scoremap
 from .datasets import PROTOCOLS, wsol_collate
 from .metrics import (DEFAULT_IOU_THRESHOLDS, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy,
-                      LocalizationAccuracy, PixelAveragePrecision)
+                      LocalizationAccuracy, MetricAccumulator, PixelAveragePrecision)
 
 #: TS-CAM's fixed CAM thresholds per benchmark (its configs).
 TSCAM_CAM_THRESHOLDS = {"CUB": 0.1, "ILSVRC": 0.12}
@@ -159,6 +162,20 @@ class _ProtocolMetrics:
         if self.pixels is not None:
             self.pixels.update(scoremaps, batch["mask"], batch["ignore"])
 
+    def _accumulators(self) -> List[MetricAccumulator]:
+        return [accumulator for accumulator in (self.localization, self.classification, self.boxes, self.pixels)
+                if accumulator is not None]
+
+    @property
+    def num_images(self) -> int:
+        """Images accumulated (every protocol counts them in its first accumulator)."""
+        return int(self._accumulators()[0].num_images)
+
+    def sync(self, process_group: Optional[Any] = None) -> None:
+        """Sum every accumulator's counts over the processes of ``process_group`` (default: the world)."""
+        for accumulator in self._accumulators():
+            accumulator.sync(process_group)
+
     def compute(self) -> Dict[str, Any]:
         if self.localization is not None:
             return {"localization": self.localization.compute()}
@@ -174,6 +191,13 @@ def _model_of(explainer: Any) -> Optional[torch.nn.Module]:
     return getattr(explainer, "model", None)
 
 
+def _reader_of(dataset: Dataset) -> Dataset:
+    """The reader under ``Subset`` wrappers (a shard of a reader keeps its protocol and benchmark)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 def _default_device(explainer: Any) -> torch.device:
     device = getattr(explainer, "device", None)
     if device is not None:
@@ -187,12 +211,14 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
              cam_threshold: Optional[float] = None, cam_curve_interval: float = 0.01,
              iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
              error_rule: Literal["official", "paper"] = "official", limit: Optional[int] = None,
-             metric_workers: int = 0, progress: bool = True) -> EvaluationReport:
+             metric_workers: int = 0, progress: bool = True, sync: bool = False,
+             process_group: Optional[Any] = None) -> EvaluationReport:
     """Explain every image of ``dataset`` for its ground-truth class and compute the protocol's metrics.
 
     Args:
         explainer: one of ours (``make_explainer``) or a pytorch-grad-cam CAM object.
-        dataset: a :mod:`~tscam_explain.wsol.datasets` reader built for the same ``protocol``.
+        dataset: a :mod:`~tscam_explain.wsol.datasets` reader built for the same ``protocol``, or a
+            ``Subset`` of one (e.g. this process's shard, with ``sync``).
         protocol: ``"tscam"``: Top-1/Top-5/GT-known localisation at one CAM threshold, the GT-known
             curve and the error analysis; ``"maxboxacc"``: classification, MaxBoxAcc, MaxBoxAccV2
             (with curves and best thresholds) and, for mask annotations, PxAP.
@@ -207,24 +233,33 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         metric_workers: processes that compute the threshold sweeps in parallel (0: none). Metrics
             always run in a background thread, overlapping the next batch's forward pass.
         progress: show a tqdm progress bar.
+        sync: sum the metric counts over the processes of ``torch.distributed`` before computing the
+            metrics (no-op when it is not initialised). Every process must call ``evaluate`` with its
+            own disjoint shard; each gets the metrics (and ``dataset["images"]``) of all shards
+            together, exactly those of one pass over them, since the counts are integers. ``fixes``
+            stay this process's.
+        process_group: the group ``sync`` reduces over (default: the world).
 
     Returns:
         The :class:`EvaluationReport`; ``report.save(directory)`` writes it as JSON and markdown.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}; got {protocol!r}")
-    dataset_protocol = getattr(dataset, "protocol", protocol)
+    if process_group is not None and not sync:
+        raise ValueError("process_group is the group of sync=True; pass sync=True to merge over it")
+    reader = _reader_of(dataset)
+    dataset_protocol = getattr(reader, "protocol", protocol)
     if dataset_protocol != protocol:
         raise ValueError(f"the dataset maps boxes for the {dataset_protocol!r} protocol, not {protocol!r}; "
                          f"build it with protocol={protocol!r}")
-    benchmark = getattr(dataset, "benchmark", None)
+    benchmark = getattr(reader, "benchmark", None)
     if protocol == "tscam" and cam_threshold is None:
         if benchmark not in TSCAM_CAM_THRESHOLDS:
             raise ValueError(f"no default CAM threshold for benchmark {benchmark!r}; pass cam_threshold "
                              f"(TS-CAM uses {TSCAM_CAM_THRESHOLDS})")
         cam_threshold = TSCAM_CAM_THRESHOLDS[benchmark]
-    has_boxes = getattr(dataset, "has_boxes", True)
-    has_masks = getattr(dataset, "has_masks", False)
+    has_boxes = getattr(reader, "has_boxes", True)
+    has_masks = getattr(reader, "has_masks", False)
     if protocol == "tscam" and not has_boxes:
         raise ValueError("the tscam protocol needs box annotations; this dataset has masks only")
     device = torch.device(device) if device is not None else _default_device(explainer)
@@ -258,6 +293,8 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
     finally:
         if sweep_pool is not None:
             sweep_pool.shutdown(cancel_futures=True)
+    if sync:
+        metrics.sync(process_group)
     seconds = time.perf_counter() - start
 
     model = _model_of(explainer)
@@ -271,6 +308,6 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         settings.update(cam_threshold=cam_threshold, error_rule=error_rule, gt_known_curve_ious=list(GT_KNOWN_CURVE_IOUS))
     else:
         settings.update(cam_curve_interval=cam_curve_interval, iou_thresholds=list(iou_thresholds))
-    dataset_info = {"name": benchmark or type(dataset).__name__, "reader": type(dataset).__name__,
-                    "images": len(subset), "fixes": len(fixes)}
+    dataset_info = {"name": benchmark or type(reader).__name__, "reader": type(reader).__name__,
+                    "images": metrics.num_images, "fixes": len(fixes)}
     return EvaluationReport(metrics.compute(), settings, package_versions(), dataset_info, seconds, fixes)
