@@ -328,8 +328,12 @@ class CLSAttentionRecorder:
         def hook(_module: nn.Module, _inputs, keys: torch.Tensor) -> None:
             # float32 so that bf16/fp16 autocast does not flatten the row
             query = self._query.pop(index).float()
-            logits = torch.einsum("bhd,bhnd->bhn", query, keys.detach().float()) * scale
-            row = logits.softmax(dim=-1).mean(dim=1)
+            keys = keys.detach().float()
+            # one matmul per head: k is a strided view into timm's qkv output, and a single batched
+            # product over (batch, heads) would first copy all of k (a forward-sized temporary);
+            # per head, the batch stride is uniform and the product reads k in place
+            logits = torch.stack([keys[:, head] @ query[:, head, :, None] for head in range(keys.shape[1])], dim=1)
+            row = (logits[..., 0] * scale).softmax(dim=-1).mean(dim=1)
             self.rows[index] = row[:, self.num_prefix_tokens:]
 
         return hook
