@@ -31,6 +31,7 @@ __all__ = [
     "tokens_to_grid",
     "embed_tokens",
     "token_class_scores",
+    "token_class_contributions",
     "resolve_block_indices",
     "final_norm",
     "check_standard_block",
