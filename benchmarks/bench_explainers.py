@@ -1,6 +1,6 @@
 """Explainer cost as a multiple of a plain forward pass (time and peak memory), in one run.
 
-    python benchmarks/bench_explainers.py [--model deit_small_patch16_224] [--batch 8] [--rounds 7]
+    python benchmarks/bench_explainers.py [--model deit_small_patch16_224] [--batch 8] [--rounds 9]
 
 Random-init weights (the cost does not depend on them). Timings are interleaved round-robin so the
 machine's noise hits every method alike; each method's time is its median over the rounds, and ratios
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="deit_small_patch16_224")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--num-classes", type=int, default=200)
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)

@@ -18,6 +18,7 @@ from tscam_explain.train import (RunOptions, TrainData, build_model, data_normal
                                  seed_everything, train)
 from tscam_explain.train.data import build_data
 from tscam_explain.train.distributed import init_distributed
+from tscam_explain.train.loop import _Trainer
 from tscam_explain.train.state import TRAIN_FILE_FORMAT
 from tscam_explain.train.transforms import train_transform
 from test_train_cli import make_cub
@@ -214,7 +215,7 @@ def _ddp_worker(rank: int, port: int, root: str, cub: str) -> None:
 def test_two_gloo_processes_train_one_model_merge_validation_and_only_rank0_writes(tmp_path):
     cub = make_cub(tmp_path / "CUB_200_2011")
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path), str(cub)), nprocs=2, join=True)
-    weights = [torch.load(tmp_path / f"weights{rank}.pt") for rank in range(2)]
+    weights = [torch.load(tmp_path / f"weights{rank}.pt", weights_only=True) for rank in range(2)]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     initial = make_model(get_recipe("tscam", **SMALL)).state_dict()
     assert not all(torch.equal(weights[0][key], initial[key]) for key in initial)  # it did train
@@ -226,7 +227,7 @@ def test_two_gloo_processes_train_one_model_merge_validation_and_only_rank0_writ
     log = [json.loads(line) for line in (tmp_path / "out0" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [3, 6] and last["position"]["step"] == 6
     for rank in range(2):
-        resumed = torch.load(tmp_path / f"resumed{rank}.pt")
+        resumed = torch.load(tmp_path / f"resumed{rank}.pt", weights_only=True)
         assert all(torch.equal(resumed[key], weights[0][key]) for key in weights[0])
 
     # validation on 9 held-out images, 5 + 4 per rank, merged: the metrics of one pass over all 9
@@ -239,3 +240,18 @@ def test_two_gloo_processes_train_one_model_merge_validation_and_only_rank0_writ
     assert merged[0] == merged[1] == single and log[-1]["val"] == single
     hits = single["top1_cls"] * 9 / 100  # a count of the 9 images, not of a shard of 5 or 4
     assert abs(hits - round(hits)) < 1e-9
+
+
+def test_deterministic_mode_is_on_for_the_run_only(tmp_path, monkeypatch):
+    seen = []
+    original = _Trainer.run
+
+    def record(self):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self)
+
+    monkeypatch.setattr(_Trainer, "run", record)
+    assert not torch.are_deterministic_algorithms_enabled()
+    result = run(get_recipe("tscam-head", epochs=1, **SMALL), tmp_path, deterministic=True)
+    assert result.finished and seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is given back

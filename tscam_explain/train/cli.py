@@ -136,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="continue from a last.pt (no value: OUT/last.pt)")
     run_group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     run_group.add_argument("--amp", choices=AMP_CHOICES, default="auto",
-                           help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU)")
+                           help="autocast precision (default auto: bf16 on a CUDA GPU that supports it, else fp32)")
     run_group.add_argument("--workers", type=int, help="data-loader workers per process (default: automatic)")
     run_group.add_argument("--accum-steps", type=int, default=1,
                            help="micro-batches per optimizer step; the recipe's batch stays the global batch")

@@ -52,14 +52,6 @@ class DistContext:
         dist.all_gather_object(gathered, obj)
         return gathered
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum of ``tensor`` over ranks (in place; returned for convenience)."""
         if self.distributed:

@@ -75,7 +75,7 @@ class RunOptions:
     Args:
         out_dir: where ``last.pt``, ``best.pt``, ``model.pt``, ``log.jsonl`` and ``run.json`` go.
         device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:N``.
-        amp: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16``, ``fp16`` (with a grad scaler), ``fp32``.
+        amp: ``auto`` (bf16 on a CUDA GPU that supports it, else fp32), ``bf16``, ``fp16`` (with a grad scaler), ``fp32``.
         workers: data-loader processes per rank; ``None``: automatic (see ``loader_options``).
         accum_steps: micro-batches per optimizer step (the recipe's batch stays the global batch).
         checkpoint_every: also write ``last.pt`` every this many optimizer steps (0: epoch ends only).
@@ -166,9 +166,6 @@ class _Trainer:
         self.recipe, self.options, self.data = recipe, options, data
         self.ctx = init_distributed(options.device)
         self.out_dir = Path(options.out_dir)
-        if options.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
         world = self.ctx.world_size
         per_rank, remainder = divmod(recipe.batch_size, world * options.accum_steps)
         if remainder or per_rank < 1:
@@ -412,4 +409,13 @@ def train(recipe: Recipe, model: nn.Module, data: TrainData, options: RunOptions
     Returns:
         :class:`TrainResult`.
     """
-    return _Trainer(recipe, model, data, options).run()
+    if not options.deterministic:
+        return _Trainer(recipe, model, data, options).run()
+    # deterministic kernels for this run only: the switch is process-wide, so give the caller back theirs
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _Trainer(recipe, model, data, options).run()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
