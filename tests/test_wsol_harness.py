@@ -12,12 +12,12 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-import timm
 import torch
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from torch.utils.data import Subset
 
+from conftest import tiny_vit
 from tscam_explain.cli import main
 from tscam_explain.vit import ViTReshapeTransform
 from tscam_explain.wsol import ILSVRCListDataset, WSOLEvalDataset, evaluate
@@ -169,15 +169,9 @@ def test_sync_over_two_gloo_ranks_gives_the_single_process_metrics(tmp_path):
     assert alone.metrics != mine["tscam"][0]
 
 
-def tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=64, depth=2,
-                             embed_dim=64, num_heads=2).eval()
-
-
 def test_gradcam_on_a_tiny_vit_and_the_report_files(tmp_path):
     dataset = block_dataset(tmp_path, "maxboxacc", input_size=64)
-    model = tiny_vit()
+    model = tiny_vit("vit_tiny_patch16_224", num_classes=3, patch_size=16)
     with GradCAM(model=model, target_layers=[model.blocks[-1].norm1],
                  reshape_transform=ViTReshapeTransform(model)) as cam:
         report = evaluate(cam, dataset, "maxboxacc", batch_size=2, progress=True)

@@ -15,7 +15,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from timm.data import create_transform, resolve_data_config
 
 from .explainers import list_explainers, make_explainer
-from .models import load_model
+from .models import backbone_of, load_model
 
 DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "gradcam", "layercam", "scorecam")
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     model.eval()
-    vit = getattr(model, "backbone", model)
+    vit = backbone_of(model)
     config = resolve_data_config({}, model=vit)
     transform = create_transform(**config)
     image = Image.open(args.image).convert("RGB") if args.image else generated_image(config["input_size"][-1], args.seed)

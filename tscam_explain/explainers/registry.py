@@ -8,6 +8,7 @@ import pytorch_grad_cam
 import torch.nn as nn
 from pytorch_grad_cam.base_cam import BaseCAM
 
+from ..models import backbone_of
 from ..vit import ViTReshapeTransform, check_vit
 from .trt import TRTExplainer
 from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
@@ -32,11 +33,6 @@ def _grad_cam_methods() -> Dict[str, type]:
         for name, cls in inspect.getmembers(pytorch_grad_cam, inspect.isclass)
         if issubclass(cls, BaseCAM) and cls is not BaseCAM
     }
-
-
-def _vit_of(model: nn.Module) -> nn.Module:
-    """The timm ViT inside a tscam-explain model, or the model itself."""
-    return getattr(model, "backbone", model)
 
 
 def list_explainers() -> list:
@@ -64,7 +60,7 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     methods = _grad_cam_methods()
     if key not in methods:
         raise ValueError(f"unknown explainer {name!r}; expected one of {list_explainers()}")
-    vit = check_vit(_vit_of(model), needs_class_token=False)
+    vit = check_vit(backbone_of(model), needs_class_token=False)
     reshape = kwargs.pop("reshape_transform", None) or ViTReshapeTransform(vit)
     target_layers = kwargs.pop("target_layers", None) or [vit.blocks[-1].norm1]
     cam = methods[key](model=model, target_layers=target_layers, reshape_transform=reshape, **kwargs)

@@ -37,6 +37,11 @@ def create_model(arch: str, **kwargs: Any) -> nn.Module:
     return _ARCHITECTURES[arch](**kwargs)
 
 
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The timm ViT inside a tscam-explain model (its ``backbone``), or ``model`` itself for a plain timm model."""
+    return getattr(model, "backbone", model)
+
+
 def model_state(model: nn.Module) -> Dict[str, Any]:
     """The checkpoint record of a registered model: format, arch, config and state dict."""
     arch = getattr(model, "arch", None)

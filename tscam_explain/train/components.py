@@ -19,7 +19,7 @@ from timm.optim._param_groups import param_groups_weight_decay
 from timm.scheduler import MultiStepLRScheduler
 
 from ..checkpoint import PathLike
-from ..models import create_model, load_model
+from ..models import backbone_of, create_model, load_model
 from .recipes import Recipe
 
 __all__ = [
@@ -78,7 +78,7 @@ def data_normalization(model: Union[str, nn.Module]) -> Tuple[Tuple[float, ...],
         pretrained_cfg = get_pretrained_cfg(model)
         config = resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else {})
     else:
-        config = resolve_model_data_config(getattr(model, "backbone", model))
+        config = resolve_model_data_config(backbone_of(model))
     return tuple(config["mean"]), tuple(config["std"])
 
 

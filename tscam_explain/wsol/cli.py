@@ -10,7 +10,7 @@ import torch
 from timm.data import resolve_data_config
 
 from ..explainers import list_explainers, make_explainer
-from ..models import load_model
+from ..models import backbone_of, load_model
 from .datasets import CUBDataset, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset, WSOLEvalDataset
 from .harness import evaluate
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT)
-    config = resolve_data_config({}, model=getattr(model, "backbone", model))
+    config = resolve_data_config({}, model=backbone_of(model))
     dataset = build_dataset(args, config["mean"], config["std"])
     if args.checkpoint is None and model.num_classes != dataset.num_classes:
         # the data's classes were not known when the model was made; a head of another size has no use here
