@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tscam_explain.wsol import (ERROR_TYPES, BoxAccuracy, ClassificationAccuracy, LocalizationAccuracy,
-                                PixelAveragePrecision, as_boxes, box_iou, classify_error, max_box_acc, pxap,
-                                resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
+                                PixelAveragePrecision, as_boxes, box_iou, classify_error, max_box_acc, paired_box_iou,
+                                pxap, resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
 
 
 def test_box_iou_counts_pixels_inclusively():
@@ -258,3 +258,15 @@ def test_sync_without_distributed_is_a_no_op():
     accumulator.sync()
     for name, value in accumulator.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def test_paired_box_iou_is_the_diagonal_of_box_iou():
+    rng = np.random.RandomState(0)
+    corners = rng.randint(0, 50, (30, 2, 2))
+    boxes_a = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    corners = rng.randint(0, 50, (30, 2, 2))
+    boxes_b = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    boxes_b[0] = [10, 10, 5, 5]  # inverted: IoU 0 in both
+    np.testing.assert_array_equal(paired_box_iou(boxes_a, boxes_b), np.diag(box_iou(boxes_a, boxes_b)))
+    # broadcasting: one box against a set
+    np.testing.assert_array_equal(paired_box_iou(boxes_a[:1], boxes_b), box_iou(boxes_a[:1], boxes_b)[0])

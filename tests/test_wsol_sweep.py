@@ -2,6 +2,8 @@
 
 The oracle is ``naive_box_ious`` of benchmarks/bench_wsol.py: ``cv2.threshold`` + ``cv2.findContours``
 at every threshold, the largest ``contourArea`` or every ``boundingRect``, as wsolevaluation does.
+The all-contour IoUs have two engines, the compiled one (``_levelsets``, the default) and the
+numpy/OpenCV fallback used where the extension is not built; both are checked.
 Maps are built to reach every branch of the sweep: smooth blobs, speckle noise, rings (holes,
 including thin ones whose hole contour nearly ties with the outer one), grids of equal squares (ties
 for the largest contour), few grey levels, shapes on the image border, tiny and constant maps.
@@ -17,6 +19,11 @@ import pytest
 
 from tscam_explain.wsol import cam_thresholds, maxboxacc_scoremap, scoremaps_to_uint8, sweep_box_ious
 from tscam_explain.wsol import sweep as sweep_module
+
+try:
+    from tscam_explain.wsol import _levelsets
+except ImportError:  # reported by test_compiled_sweep_is_built; the fallback tests still run
+    _levelsets = None
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_wsol.py"
 _spec = importlib.util.spec_from_file_location("bench_wsol", _BENCH)
@@ -108,11 +115,42 @@ def cases_and_oracle():
     return cases, oracle
 
 
-@pytest.mark.parametrize("engine", ["auto", "always_trace", "always_label"])
+def _use_numpy_sweep(monkeypatch) -> None:
+    """Run the all-contour sweep through the numpy/OpenCV fallback, as without the extension."""
+    monkeypatch.setattr(sweep_module, "_levelsets", None)
+
+
+def _require_compiled() -> None:
+    if _levelsets is None:
+        pytest.fail("tscam_explain.wsol._levelsets is not built (was there a C compiler at install time?); "
+                    "the numpy fallback is tested on its own, the compiled sweep cannot be")
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def sweep_engine(request, monkeypatch) -> str:
+    """The all-contour sweep's engine for one test: the extension, or the numpy/OpenCV fallback."""
+    if request.param == "compiled":
+        _require_compiled()
+    else:
+        _use_numpy_sweep(monkeypatch)
+    return request.param
+
+
+def test_compiled_sweep_is_built():
+    """The set-up builds the extension; without it MaxBoxAccV2 silently runs the slower fallback."""
+    _require_compiled()
+    assert sweep_module._levelsets is _levelsets
+
+
+@pytest.mark.parametrize("engine", ["compiled", "auto", "always_trace", "always_label"])
 def test_sweep_equals_per_threshold_loop(cases_and_oracle, engine, monkeypatch):
-    """Each engine alone (tracing, labelling) and the automatic mix give the oracle's IoUs exactly."""
-    contour_cost = {"auto": sweep_module._PIXELS_PER_CONTOUR, "always_trace": 0, "always_label": 10 ** 12}[engine]
-    monkeypatch.setattr(sweep_module, "_PIXELS_PER_CONTOUR", contour_cost)
+    """The compiled sweep, and each numpy engine alone (tracing, labelling) or mixed, give the oracle's IoUs."""
+    if engine == "compiled":
+        _require_compiled()
+    else:
+        _use_numpy_sweep(monkeypatch)
+        contour_cost = {"auto": sweep_module._PIXELS_PER_CONTOUR, "always_trace": 0, "always_label": 10 ** 12}[engine]
+        monkeypatch.setattr(sweep_module, "_PIXELS_PER_CONTOUR", contour_cost)
     cases, oracle = cases_and_oracle
     for (scoremap, boxes), (expected_largest, expected_all) in zip(cases, oracle):
         result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS)
@@ -148,7 +186,8 @@ def peak_cases():
 
 @pytest.mark.parametrize("rounds", [0, 1, 4, 1000])
 def test_all_contour_boxes_from_regions_equal_per_threshold_loop(peak_cases, cases_and_oracle, rounds, monkeypatch):
-    """MaxBoxAccV2 alone takes the region labelling for several blobs; any number of rounds, same IoUs."""
+    """Without the extension, MaxBoxAccV2 alone takes the region labelling for several blobs; any rounds, same IoUs."""
+    _use_numpy_sweep(monkeypatch)
     monkeypatch.setattr(sweep_module, "_MAX_REGION_ROUNDS", rounds)
     cases, oracle = cases_and_oracle
     for scoremap, boxes, expected in peak_cases + [(m, b, o[1]) for (m, b), o in zip(cases, oracle)]:
@@ -196,6 +235,7 @@ def _hundred_dots() -> np.ndarray:
                          ids=["hole-may-be-largest", "tie-for-largest", "too-many-candidates"])
 def test_labelled_tiles_fall_back_to_tracing_for_the_largest_contour(scoremap, monkeypatch):
     """Where labelling cannot decide the largest contour, the full trace gives OpenCV's own choice."""
+    _use_numpy_sweep(monkeypatch)
     monkeypatch.setattr(sweep_module, "_PIXELS_PER_CONTOUR", 10 ** 12)
     boxes = np.array([[0, 0, 10, 10], [20, 2, 35, 30]])
     result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS)
@@ -203,7 +243,7 @@ def test_labelled_tiles_fall_back_to_tracing_for_the_largest_contour(scoremap, m
     np.testing.assert_array_equal(result.all_contours[0], bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True))
 
 
-def test_full_size_smooth_and_noisy_maps():
+def test_full_size_smooth_and_noisy_maps(sweep_engine):
     """224x224 maps like the benchmark's: upsampled 14x14 CAMs and speckled blobs, in one batch."""
     rng = np.random.RandomState(5)
     smooth = [maxboxacc_scoremap(np.maximum(rng.normal(0, 1, (14, 14)), 0), (224, 224)) for _ in range(6)]
@@ -218,7 +258,7 @@ def test_full_size_smooth_and_noisy_maps():
                                       bench_wsol.naive_box_ious(scoremap, boxes[index], THRESHOLDS, True))
 
 
-def test_fine_threshold_grid_reuses_masks_exactly():
+def test_fine_threshold_grid_reuses_masks_exactly(sweep_engine):
     """1000 thresholds (wsolevaluation's default interval) map to at most 256 masks, same results."""
     thresholds = cam_thresholds(0.001)
     scoremap = _blobs(np.random.RandomState(8), 64, 2, 0.02)
@@ -238,3 +278,103 @@ def test_scoremap_checks_name_the_problem():
         scoremaps_to_uint8(np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(ValueError, match=r"fractions in \[0, 1\)"):
         sweep_box_ious(np.zeros((1, 4, 4), np.uint8), [np.array([[0, 0, 1, 1]])], np.array([0.5, 1.0]))
+
+
+def _components_and_holes(u: np.ndarray, cut: int):
+    """Brute force: boxes (x0, y0, x1, y1 inclusive) of the 8-connected components of ``u > cut`` and
+    of its holes (4-connected components of ``u <= cut`` not touching the image border)."""
+    height, width = u.shape
+    found = []
+    for mask, connectivity in (((u > cut), 8), ((u <= cut), 4)):
+        count, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=connectivity)
+        boxes = [(x, y, x + w - 1, y + h - 1) for x, y, w, h, _ in stats[1:].tolist()]
+        if connectivity == 4:
+            boxes = [b for b in boxes if b[0] > 0 and b[1] > 0 and b[2] < width - 1 and b[3] < height - 1]
+        found.append(sorted(boxes))
+    return found
+
+
+def _records(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype=np.int32).reshape(-1, 6)
+
+
+def test_level_boxes_equal_labelled_components_and_holes(peak_cases, cases_and_oracle):
+    """Every level's component and hole boxes, from the one-pass kernel, equal a labelling per level."""
+    _require_compiled()
+    rng = np.random.RandomState(2)
+    maps = [scoremaps_to_uint8(case[0][None])[0] for case in peak_cases[:12]]
+    maps += [scoremaps_to_uint8(case[0][None])[0] for case in cases_and_oracle[0]]
+    maps += [rng.randint(0, 4, (rng.randint(1, 9), rng.randint(1, 9))).astype(np.uint8) for _ in range(300)]
+    for u in maps:
+        cuts = np.unique(np.r_[rng.randint(0, 256, 6), 0, u.max() - 1 if u.max() else 0]).astype(np.int32)
+        # repeated columns: each distinct cut is reported once, at its first column
+        columns = np.repeat(cuts, 2)[None]
+        components, holes = (_records(raw) for raw in _levelsets.level_boxes(u[None], columns))
+        for index, cut in enumerate(cuts.tolist()):
+            expected_components, expected_holes = _components_and_holes(u, cut)
+            for records, expected in ((components, expected_components), (holes, expected_holes)):
+                at_level = records[records[:, 1] == 2 * index]
+                assert sorted(map(tuple, at_level[:, 2:].tolist())) == expected, (u.tolist(), cut)
+        assert set(components[:, 1].tolist()) <= set(range(0, columns.shape[1], 2))
+        assert (components[:, 0] == 0).all() and (holes[:, 0] == 0).all()
+
+
+def test_level_boxes_number_the_images_of_a_batch():
+    _require_compiled()
+    rng = np.random.RandomState(4)
+    maps = rng.randint(0, 6, (5, 12, 10)).astype(np.uint8)
+    cuts = np.tile(np.arange(6, dtype=np.int32), (5, 1))
+    together = [_records(raw) for raw in _levelsets.level_boxes(maps, cuts)]
+    for image in range(5):
+        alone = [_records(raw) for raw in _levelsets.level_boxes(maps[image:image + 1], cuts[image:image + 1])]
+        for batch_part, single in zip(together, alone):
+            part = batch_part[batch_part[:, 0] == image]
+            np.testing.assert_array_equal(part[:, 1:], single[:, 1:])
+
+
+def test_level_boxes_reject_bad_arrays_by_name():
+    _require_compiled()
+    maps = np.zeros((2, 4, 4), np.uint8)
+    cuts = np.zeros((2, 3), np.int32)
+    with pytest.raises(ValueError, match="maps must be a C-contiguous 3-D array of 1-byte"):
+        _levelsets.level_boxes(maps.astype(np.float32), cuts)
+    with pytest.raises(ValueError, match="maps must be a C-contiguous 3-D"):
+        _levelsets.level_boxes(maps[0], cuts)
+    with pytest.raises(ValueError, match="cuts must be a C-contiguous 2-D array of 4-byte"):
+        _levelsets.level_boxes(maps, cuts.astype(np.int64))
+    with pytest.raises(ValueError, match=r"maps \(B, H, W\) .* and cuts \(B, T\)"):
+        _levelsets.level_boxes(maps, cuts[:1])
+    with pytest.raises(ValueError, match=r"nondecreasing values in \[0, 255\]"):
+        _levelsets.level_boxes(maps, np.array([[0, 2, 1], [0, 0, 0]], np.int32))
+    with pytest.raises(ValueError, match=r"nondecreasing values in \[0, 255\]"):
+        _levelsets.level_boxes(maps, np.array([[0, 2, 256], [0, 0, 0]], np.int32))
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        _levelsets.level_boxes(np.zeros((2, 4, 8), np.uint8)[:, :, ::2], cuts)
+
+
+def test_compiled_sweep_handles_unsorted_thresholds_and_chunks(cases_and_oracle, monkeypatch):
+    """Thresholds in any order, and batches split across kernel calls, give the oracle's IoUs."""
+    _require_compiled()
+    monkeypatch.setattr(sweep_module, "_COMPILED_CHUNK", 2)
+    rng = np.random.RandomState(6)
+    shuffled = rng.permutation(THRESHOLDS)
+    cases = [case for case in cases_and_oracle[0] if case[0].shape == (64, 64)][:5]
+    maps = scoremaps_to_uint8(np.stack([case[0] for case in cases]))
+    result = sweep_box_ious(maps, [case[1] for case in cases], shuffled, largest=False)
+    for index, (scoremap, boxes) in enumerate(cases):
+        np.testing.assert_array_equal(result.all_contours[index],
+                                      bench_wsol.naive_box_ious(scoremap, boxes, shuffled, True))
+
+
+def test_scoremaps_to_uint8_over_several_chunks_is_the_reference_conversion():
+    rng = np.random.RandomState(9)
+    maps = rng.uniform(size=(40, 64, 64))  # 32 KiB each: two chunks of about 1 MiB
+    np.testing.assert_array_equal(scoremaps_to_uint8(maps), (maps * 255).astype(np.uint8))
+    maps32 = maps.astype(np.float32)
+    np.testing.assert_array_equal(scoremaps_to_uint8(maps32), (maps32 * 255).astype(np.uint8))
+    maps[37, 5, 5] = np.nan  # in the second chunk
+    with pytest.raises(ValueError, match="NaN"):
+        scoremaps_to_uint8(maps)
+    maps[37, 5, 5] = 1.0000001
+    with pytest.raises(ValueError, match=r"\[0, 1\]; got min \S+ and max 1\.0000001"):
+        scoremaps_to_uint8(maps)

@@ -51,6 +51,24 @@ def as_boxes(boxes: np.ndarray | list | tuple, name: str = "boxes") -> np.ndarra
     return array
 
 
+def _overlaps(a: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """"+1" intersection and areas of int64 boxes ``(..., 4)``, broadcast against each other."""
+    width = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    height = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return width * height, area_a, area_b
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    intersection, area_a, area_b = _overlaps(a, b)
+    union = area_a + area_b - intersection
+    degenerate = union <= 0
+    iou = intersection / np.where(degenerate, 1, union)
+    iou[degenerate] = 0.0
+    return iou
+
+
 def box_overlaps(boxes_a: np.ndarray, boxes_b: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairwise "+1" intersections and areas.
 
@@ -61,13 +79,7 @@ def box_overlaps(boxes_a: np.ndarray, boxes_b: np.ndarray) -> Tuple[np.ndarray, 
     Returns:
         ``(intersection (na, nb), area_a (na, 1), area_b (1, nb))``, all int64.
     """
-    a = np.asarray(boxes_a, dtype=np.int64)[:, None, :]
-    b = np.asarray(boxes_b, dtype=np.int64)[None, :, :]
-    width = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
-    height = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    return width * height, area_a, area_b
+    return _overlaps(np.asarray(boxes_a, dtype=np.int64)[:, None, :], np.asarray(boxes_b, dtype=np.int64)[None, :, :])
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -80,12 +92,17 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
         boxes_a: int (na, 4) boxes (e.g. predicted).
         boxes_b: int (nb, 4) boxes (e.g. ground truth).
     """
-    intersection, area_a, area_b = box_overlaps(boxes_a, boxes_b)
-    union = area_a + area_b - intersection
-    degenerate = union <= 0
-    iou = intersection / np.where(degenerate, 1, union)
-    iou[degenerate] = 0.0
-    return iou
+    return _iou(np.asarray(boxes_a, dtype=np.int64)[:, None, :], np.asarray(boxes_b, dtype=np.int64)[None, :, :])
+
+
+def paired_box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of corresponding boxes, as :func:`box_iou` computes it, float64 ``(...)``.
+
+    Args:
+        boxes_a: int (..., 4) boxes.
+        boxes_b: int (..., 4) boxes, broadcast against ``boxes_a``.
+    """
+    return _iou(np.asarray(boxes_a, dtype=np.int64), np.asarray(boxes_b, dtype=np.int64))
 
 
 def _float_boxes_and_extent(boxes: np.ndarray, image_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:

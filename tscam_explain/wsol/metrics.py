@@ -120,6 +120,29 @@ def _box_accuracy_result(correct: np.ndarray, num_images: int, thresholds: np.nd
     }
 
 
+def _checked_gt_boxes(gt_boxes: Sequence[Any]) -> List[np.ndarray]:
+    """Per image, int64 (k, 4) ground-truth boxes, k >= 1, non-negative, not inverted.
+
+    The usual input (integer (k, 4) arrays) is checked in one pass over all images; anything else,
+    or a failed check, goes through :func:`as_boxes` image by image for a precise error.
+    """
+    arrays = [_as_numpy(boxes, "gt_boxes") if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+              for boxes in gt_boxes]
+    if arrays and all(a.ndim == 2 and a.shape[1] == 4 and len(a) and a.dtype.kind in "iu" for a in arrays):
+        flat = np.concatenate(arrays)
+        if flat.min() >= 0 and (flat[:, 2] >= flat[:, 0]).all() and (flat[:, 3] >= flat[:, 1]).all():
+            return [a.astype(np.int64, copy=False) for a in arrays]
+    checked_sets = []
+    for index, boxes in enumerate(arrays):
+        checked = as_boxes(boxes, name=f"gt_boxes[{index}]")
+        if len(checked) == 0:
+            raise ValueError(f"image {index} of the batch has no ground-truth box; box metrics need at least one")
+        if np.any(checked < 0):
+            raise ValueError(f"gt_boxes[{index}] has negative coordinates: {checked.tolist()}")
+        checked_sets.append(checked)
+    return checked_sets
+
+
 class BoxAccuracy(MetricAccumulator):
     """MaxBoxAcc and MaxBoxAccV2 of wsolevaluation (methods.md §4b), exact and streaming.
 
@@ -169,16 +192,7 @@ class BoxAccuracy(MetricAccumulator):
         maps = scoremaps_to_uint8(_as_numpy(scoremaps, "scoremaps"))
         if len(gt_boxes) != len(maps):
             raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps)} score maps")
-        boxes = []
-        for index, image_boxes in enumerate(gt_boxes):
-            checked = as_boxes(_as_numpy(image_boxes, "gt_boxes") if isinstance(image_boxes, torch.Tensor)
-                               else image_boxes, name=f"gt_boxes[{index}]")
-            if len(checked) == 0:
-                raise ValueError(f"image {index} of the batch has no ground-truth box; box metrics need at least one")
-            if np.any(checked < 0):
-                raise ValueError(f"gt_boxes[{index}] has negative coordinates: {checked.tolist()}")
-            boxes.append(checked)
-        largest, every = self._sweep(maps, boxes)
+        largest, every = self._sweep(maps, _checked_gt_boxes(gt_boxes))
         limits = np.array(self.iou_thresholds, dtype=np.float64)[:, None, None] / 100
         if largest is not None:
             self.correct_largest += (largest[None] >= limits).sum(axis=1)

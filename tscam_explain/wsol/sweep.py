@@ -2,7 +2,17 @@
 
 wsolevaluation thresholds the uint8 map at ``int(t * max)`` for each ``t`` of the sweep and runs
 ``cv2.findContours`` (``RETR_TREE``) on every binary mask. The results here are identical, obtained
-with far less work (methods.md §4b):
+with far less work (methods.md §4b).
+
+**Every contour (MaxBoxAccV2): the compiled sweep.** A contour's box is either the box of an
+8-connected component of the mask (its outer contour) or the box of a hole, a 4-connected set of
+background pixels not reaching the image border, grown by one pixel (the hole contour runs through
+the foreground pixels around it). ``_levelsets.level_boxes`` (C, see its source for why) builds all
+level sets of a map in one union-find pass per kind, in value order, and reports every component's
+and hole's box at every cut; the IoUs are then scored here, with :mod:`.boxes`.
+
+**The largest contour (MaxBoxAcc), and every contour where the extension is not built (no C
+compiler at install time): numpy and OpenCV**, in these steps:
 
 1. **Distinct masks only.** The mask ``u > c`` changes only when a map value lies in between two cut
    levels, so thresholds whose cuts enclose no map value share one mask (and one set of boxes).
@@ -29,7 +39,7 @@ with far less work (methods.md §4b):
    whose area could still win (a contour's area is at most ``(w - 1)(h - 1)`` of its box); where two
    contours tie for the largest area, or a hole could reach it, the tile is traced in full so that
    OpenCV's own order breaks the tie.
-5. **Labelling instead of tracing for several blobs (MaxBoxAccV2 only).** A hole-free level with
+5. **Labelling instead of tracing for several blobs (MaxBoxAccV2 on this path).** A hole-free level with
    ``E >= 2`` is several components. Labelling the components of the lowest such level gives regions
    that contain every higher level's components; a region's Euler number at each level is the sum of
    its own pixels' changes (step 3). Where every region holds at most one component, each component's
@@ -37,7 +47,8 @@ with far less work (methods.md §4b):
    the region's per-row and per-column maxima. Levels that split further get another labelling, a few
    at most. The largest contour (MaxBoxAcc) needs contour areas, so with it these levels are traced.
 
-The equivalences of steps 3 to 5 are checked against the straightforward per-threshold loop in the tests.
+The equivalences of both paths and of steps 3 to 5 are checked against the straightforward
+per-threshold loop in the tests.
 """
 from __future__ import annotations
 
@@ -46,7 +57,12 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .boxes import MAXBOXACC_EMPTY_BOX, box_iou
+from .boxes import MAXBOXACC_EMPTY_BOX, box_iou, paired_box_iou
+
+try:  # the compiled all-contour sweep; without a C compiler at install time, the numpy path below
+    from . import _levelsets
+except ImportError:  # pragma: no cover - depends on the build
+    _levelsets = None
 
 # OpenCV spends ~7 µs per traced contour, labelling ~6 ns per pixel (both components and holes):
 # a tile is labelled when a lower bound on its contours exceeds area / this.
@@ -55,6 +71,8 @@ _PIXELS_PER_CONTOUR = 1024
 _MAX_LARGEST_CANDIDATES = 64
 # Labellings per image for levels of several hole-free components; later ones are traced.
 _MAX_REGION_ROUNDS = 4
+# Images per call of the compiled sweep: bounds the memory of its records on speckled maps.
+_COMPILED_CHUNK = 16
 
 
 class SweepIoUs(NamedTuple):
@@ -92,19 +110,23 @@ def scoremaps_to_uint8(scoremaps: np.ndarray) -> np.ndarray:
         raise ValueError(f"scoremaps must have shape (B, H, W); got shape {scoremaps.shape}")
     if scoremaps.dtype.kind != "f":
         raise ValueError(f"scoremaps must be floating point in [0, 1]; got dtype {scoremaps.dtype}")
-    if not scoremaps.size:
-        return np.zeros(scoremaps.shape, dtype=np.uint8)
-    low, high = scoremaps.min(), scoremaps.max()  # NaN if there is one
-    if np.isnan(low) or np.isnan(high):
-        raise ValueError("scoremaps contain NaN; normalise them first (wsolevaluation maps NaN maps to zeros)")
-    if low < 0 or high > 1:
-        raise ValueError(f"scoremaps must lie in [0, 1]; got min {low} and max {high}")
-    # one map at a time through a reused buffer (stays in cache): the same products and truncation
     maps_u8 = np.empty(scoremaps.shape, dtype=np.uint8)
-    product = np.empty(scoremaps.shape[1:], dtype=scoremaps.dtype)
-    for scoremap, map_u8 in zip(scoremaps, maps_u8):
-        np.multiply(scoremap, 255, out=product)
-        np.copyto(map_u8, product, casting="unsafe")
+    if not scoremaps.size:
+        return maps_u8
+    # a few maps at a time (about 1 MB): multiplied, checked and converted while in cache; the
+    # products and the truncation are the reference's own
+    chunk = max(1, (1 << 20) // (scoremaps[0].nbytes or 1))
+    product = np.empty((chunk,) + scoremaps.shape[1:], dtype=scoremaps.dtype)
+    for start in range(0, len(scoremaps), chunk):
+        maps = scoremaps[start:start + chunk]
+        np.multiply(maps, 255, out=product[:len(maps)])
+        low, high = maps.min(), maps.max()  # NaN if there is one
+        if np.isnan(low) or np.isnan(high):
+            raise ValueError("scoremaps contain NaN; normalise them first (wsolevaluation maps NaN maps to zeros)")
+        if low < 0 or high > 1:
+            low, high = scoremaps.min(), scoremaps.max()
+            raise ValueError(f"scoremaps must lie in [0, 1]; got min {low} and max {high}")
+        np.copyto(maps_u8[start:start + chunk], product[:len(maps)], casting="unsafe")
     return maps_u8
 
 
@@ -124,19 +146,73 @@ def sweep_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], threshol
     """
     if len(gt_boxes) != len(maps_u8):
         raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps_u8)} maps")
+    if maps_u8.ndim != 3 or 0 in maps_u8.shape[1:]:
+        raise ValueError(f"maps must have shape (B, H, W) with H, W >= 1; got shape {maps_u8.shape}")
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.ndim != 1 or np.any(thresholds < 0) or np.any(thresholds >= 1):
         raise ValueError(f"thresholds must be a 1-D array of fractions in [0, 1); got {thresholds}")
+    compiled = all_contours and _levelsets is not None
     rows_largest, rows_all = [], []
-    for u, gt in zip(maps_u8, gt_boxes):
-        image_largest, image_all = _image_sweep(u, gt, thresholds, largest, all_contours)
-        rows_largest.append(image_largest)
-        rows_all.append(image_all)
+    if largest or not compiled:
+        for u, gt in zip(maps_u8, gt_boxes):
+            image_largest, image_all = _image_sweep(u, gt, thresholds, largest, all_contours and not compiled)
+            rows_largest.append(image_largest)
+            rows_all.append(image_all)
     shape = (0, len(thresholds))
-    return SweepIoUs(
-        largest=(np.stack(rows_largest) if rows_largest else np.zeros(shape)) if largest else None,
-        all_contours=(np.stack(rows_all) if rows_all else np.zeros(shape)) if all_contours else None,
-    )
+    if compiled:
+        result_all = _compiled_all_contour_ious(np.ascontiguousarray(maps_u8, dtype=np.uint8), gt_boxes, thresholds)
+    else:
+        result_all = (np.stack(rows_all) if rows_all else np.zeros(shape)) if all_contours else None
+    return SweepIoUs(largest=(np.stack(rows_largest) if rows_largest else np.zeros(shape)) if largest else None,
+                     all_contours=result_all)
+
+
+def _compiled_all_contour_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray
+                               ) -> np.ndarray:
+    """The all-contour IoUs from the compiled sweep: every contour's box at every level in one pass.
+
+    ``_levelsets.level_boxes`` returns, per image and distinct cut, the box of each 8-connected
+    component (an outer contour's box) and of each 4-connected hole (grown by one pixel: the hole
+    contour runs through the foreground pixels around it), in pixel bounds; here they become
+    wsolevaluation's boxes and are scored against the ground truth.
+    """
+    count, height, width = maps_u8.shape
+    n_thresholds = len(thresholds)
+    order = np.argsort(thresholds, kind="stable")
+    # int(t * max) exactly as the reference: float64 product, truncated; rows nondecreasing
+    peaks = maps_u8.reshape(count, -1).max(axis=1).astype(np.float64)
+    cuts = (thresholds[order][None, :] * peaks[:, None]).astype(np.int32)
+    # ground truth padded to one (count, k, 4) array by repeating a box: maxima unchanged
+    most = max((len(gt) for gt in gt_boxes), default=1)
+    gt = np.stack([np.concatenate([g, np.repeat(g[:1], most - len(g), axis=0)]) for g in gt_boxes]) if count else \
+        np.zeros((0, most, 4), dtype=np.int64)
+    best = np.full(count * n_thresholds, -np.inf)
+    for start in range(0, count, _COMPILED_CHUNK):
+        stop = min(start + _COMPILED_CHUNK, count)
+        for records, grow in zip(_levelsets.level_boxes(maps_u8[start:stop], cuts[start:stop]), (0, 1)):
+            records = np.frombuffer(records, dtype=np.int32).reshape(-1, 6)
+            if not len(records):
+                continue
+            image = records[:, 0].astype(np.int64) + start
+            boxes = _to_image_boxes(records[:, 2:].astype(np.int64), 0, 0, grow, (height, width))
+            ious = paired_box_iou(boxes, gt[image, 0])
+            for column in range(1, most):
+                np.maximum(ious, paired_box_iou(boxes, gt[image, column]), out=ious)
+            # one (image, level) group of records after another: the best of each group at once
+            key = image * n_thresholds + records[:, 1]
+            group = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+            best[key[group]] = np.maximum(best[key[group]], np.maximum.reduceat(ious, group))
+    best = best.reshape(count, n_thresholds)
+    # thresholds sharing a cut share its level; a level without foreground gets the empty box
+    first = np.ones(cuts.shape, dtype=bool)
+    first[:, 1:] = cuts[:, 1:] != cuts[:, :-1]
+    best = np.take_along_axis(best, np.maximum.accumulate(np.where(first, np.arange(n_thresholds), 0), axis=1),
+                              axis=1)
+    empty_iou = paired_box_iou(np.array(MAXBOXACC_EMPTY_BOX), gt).max(axis=1)
+    best = np.where(np.isneginf(best), empty_iou[:, None], best)
+    result = np.empty_like(best)
+    result[:, order] = best
+    return result
 
 
 def _image_sweep(u: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, want_largest: bool,
