@@ -7,8 +7,9 @@ Two sets of 224x224 maps from ``shared/wsol_reference/cases.py`` (beside the rep
 * noisy: the reference cases themselves (blobs plus pixel noise), ``--noisy-count`` of them.
 
 For each set it times :func:`naive_max_box_acc` (one threshold, one ``findContours`` at a time, in the
-spirit of wsolevaluation's ``BoxEvaluator``) and ``tscam_explain.wsol.max_box_acc`` (single process,
-and with ``--workers`` processes), checks that all results are identical, and prints a markdown table.
+spirit of wsolevaluation's ``BoxEvaluator``) and ``tscam_explain.wsol.BoxAccuracy`` (one thread; then
+``--workers`` threads, which the compiled sweep allows since it releases the GIL; then ``--workers``
+processes), checks that all results are identical, and prints a markdown table.
 
 Run: ``.venv/bin/python benchmarks/bench_wsol.py``
 """
@@ -21,7 +22,7 @@ import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from tscam_explain.wsol import BoxAccuracy, box_iou, cam_thresholds, maxboxacc_scoremap
+from tscam_explain.wsol import sweep as sweep_module
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 IOU_THRESHOLDS = (30, 50, 70)
@@ -126,33 +128,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smooth-count", type=int, default=300)
     parser.add_argument("--noisy-count", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2, help="processes for the parallel run (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats, the fastest counts (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="threads, then processes, for the parallel runs (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of every run, the fastest counts (default: %(default)s)")
     args = parser.parse_args()
 
     sets = benchmark_sets(args.smooth_count, args.noisy_count)
-    executor = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
-    fast_curves(sets["smooth (upsampled 14x14 CAMs)"][0][:8], sets["smooth (upsampled 14x14 CAMs)"][1][:8],
-                executor)  # start the workers outside the timings
+    threads = ThreadPoolExecutor(args.workers)
+    processes = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
+    warm_up = sets["smooth (upsampled 14x14 CAMs)"]
+    fast_curves(warm_up[0][:8], warm_up[1][:8], processes)  # start the workers outside the timings
     rows = []
     for name, (scoremaps, gt_boxes) in sets.items():
-        naive_seconds, naive = best_time(lambda: naive_max_box_acc(scoremaps, gt_boxes, multi_contour=True), 1)
-        fast_seconds, fast = best_time(lambda: fast_curves(scoremaps, gt_boxes), args.repeats)
-        parallel_seconds, parallel = best_time(lambda: fast_curves(scoremaps, gt_boxes, executor), args.repeats)
-        if fast != naive or parallel != naive:
-            sys.exit(f"results differ from the straightforward loop on the {name} maps")
-        count = len(scoremaps)
-        rows.append((name, count, count / naive_seconds, count / fast_seconds, count / parallel_seconds))
-    executor.shutdown()
+        naive_seconds, naive = best_time(lambda: naive_max_box_acc(scoremaps, gt_boxes, multi_contour=True),
+                                         args.repeats)
+        rates = []
+        for executor in (None, threads, processes):
+            seconds, curves = best_time(lambda: fast_curves(scoremaps, gt_boxes, executor), args.repeats)
+            if curves != naive:
+                sys.exit(f"results differ from the straightforward loop on the {name} maps")
+            rates.append(len(scoremaps) / seconds)
+        rows.append((name, len(scoremaps), len(scoremaps) / naive_seconds, rates))
+    threads.shutdown()
+    processes.shutdown()
 
+    engine = "compiled (_levelsets)" if sweep_module._levelsets is not None else "numpy fallback (extension not built)"
     print(f"CPU: {cpu_model()} ({multiprocessing.cpu_count()} cores), OpenCV {cv2.__version__}, numpy {np.__version__}")
-    print("MaxBoxAccV2, 224x224 maps, 100 thresholds, all contours; identical curves in every run.\n")
-    print(f"| maps | count | straightforward (img/s) | tscam_explain, 1 process (img/s) | ratio "
-          f"| tscam_explain, {args.workers} processes (img/s) | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, count, naive_rate, fast_rate, parallel_rate in rows:
-        print(f"| {name} | {count} | {naive_rate:.0f} | {fast_rate:.0f} | {fast_rate / naive_rate:.1f}x "
-              f"| {parallel_rate:.0f} | {parallel_rate / naive_rate:.1f}x |")
+    print(f"MaxBoxAccV2, 224x224 maps, 100 thresholds, all contours, {engine} sweep; identical curves in every run.\n")
+    print(f"| maps | count | straightforward (img/s) | tscam_explain, 1 thread (img/s) | ratio "
+          f"| {args.workers} threads (img/s) | ratio | {args.workers} processes (img/s) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, count, naive_rate, rates in rows:
+        cells = " | ".join(f"{rate:.0f} | {rate / naive_rate:.1f}x" for rate in rates)
+        print(f"| {name} | {count} | {naive_rate:.0f} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ static const int ring_dx[8] = {-1, 0, 1, 1, 1, 0, -1, -1};
  *                one set, and only run heads need a union. */
 static int8_t euler4_change[256];
 static int8_t run_heads[256][4];
-/* run_of_left: which of run_heads holds the left neighbour (ring position 7), or -1 */
-static int8_t run_of_left[256];
 
 static int quad_euler4(int count, int diagonal) {
     return count == 1 ? 1 : count == 3 ? -1 : (count == 2 && diagonal) ? -2 : 0;
@@ -65,13 +63,6 @@ static void build_tables(void) {
         for (int i = 0; i < 8; i++)
             if (present[i] && !present[(i + 7) % 8]) run_heads[code][count++] = (int8_t)i;
         if (code == 255) run_heads[code][0] = 0; /* one run all around */
-        run_of_left[code] = -1;
-        if (present[7]) { /* walk back from the left neighbour to the head of its run */
-            int start = 7;
-            while (code != 255 && present[(start + 7) % 8]) start = (start + 7) % 8;
-            for (int i = 0; i < count || (code == 255 && i < 1); i++)
-                if (run_heads[code][i] == (code == 255 ? 0 : start)) run_of_left[code] = (int8_t)i;
-        }
     }
 }
 
@@ -202,7 +193,6 @@ static int sweep_components(Forest *forest, Records *records, const Pixels *pixe
     for (int i = 0; i < 8; i++) ring[i] = (int32_t)(ring_dy[i] * row + ring_dx[i]);
     uint8_t *in = forest->in;
     int64_t euler4 = 0;
-    int32_t previous = -1, previous_root = -1; /* the last pixel joined to a set, and that set's root */
     for (Py_ssize_t band = levels->count; band >= 1; band--) {
         const Py_ssize_t end = pixels->band_start[band + 1];
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
@@ -215,20 +205,14 @@ static int sweep_components(Forest *forest, Records *records, const Pixels *pixe
             const int8_t *heads = run_heads[code];
             if (heads[0] < 0) {
                 new_set(forest, p, x, y);
-                previous = -1;
                 continue;
             }
-            /* the left neighbour's run: if that neighbour came just before, the search for its root
-             * starts from the root it had (one step, unless this pixel's merges moved it) */
-            const int left_run = previous == p - 1 ? run_of_left[code] : -1;
-            int32_t root = find_root(forest->parent, left_run == 0 ? previous_root : p + ring[heads[0]]);
+            int32_t root = find_root(forest->parent, p + ring[heads[0]]);
             for (int i = 1; i < 4 && heads[i] >= 0; i++) {
-                int32_t other = find_root(forest->parent, left_run == i ? previous_root : p + ring[heads[i]]);
+                int32_t other = find_root(forest->parent, p + ring[heads[i]]);
                 if (other != root) root = merge_roots(forest, root, other);
             }
             add_to_set(forest, p, root, x, y);
-            previous = p;
-            previous_root = root;
         }
         /* bands `band` and up are in: that is level band - 1 */
         holes[band - 1] = forest->n_live - (Py_ssize_t)(euler4 / 4);
