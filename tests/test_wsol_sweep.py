@@ -366,6 +366,17 @@ def test_compiled_sweep_handles_unsorted_thresholds_and_chunks(cases_and_oracle,
                                       bench_wsol.naive_box_ious(scoremap, boxes, shuffled, True))
 
 
+def test_maps_too_long_for_the_extension_take_the_numpy_path():
+    """A side over 32766 pixels (the kernel's coordinate range): same IoUs, through the fallback."""
+    _require_compiled()
+    scoremap = (np.sin(np.arange(32767) / 500.0)[None] ** 2).astype(np.float32)
+    boxes = np.array([[100, 0, 2000, 0], [5000, 0, 9000, 0]])
+    result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS, largest=False)
+    np.testing.assert_array_equal(result.all_contours[0], bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True))
+    with pytest.raises(ValueError, match=r"sides in \[1, 32766\]"):
+        _levelsets.level_boxes(scoremaps_to_uint8(scoremap[None]), np.zeros((1, 1), np.int32))
+
+
 def test_scoremaps_to_uint8_over_several_chunks_is_the_reference_conversion():
     rng = np.random.RandomState(9)
     maps = rng.uniform(size=(40, 64, 64))  # 32 KiB each: two chunks of about 1 MiB

@@ -73,6 +73,8 @@ _MAX_LARGEST_CANDIDATES = 64
 _MAX_REGION_ROUNDS = 4
 # Images per call of the compiled sweep: bounds the memory of its records on speckled maps.
 _COMPILED_CHUNK = 16
+# The longest side the compiled sweep takes.
+_COMPILED_MAX_SIDE = 32766
 
 
 class SweepIoUs(NamedTuple):
@@ -151,7 +153,8 @@ def sweep_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], threshol
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.ndim != 1 or np.any(thresholds < 0) or np.any(thresholds >= 1):
         raise ValueError(f"thresholds must be a 1-D array of fractions in [0, 1); got {thresholds}")
-    compiled = all_contours and _levelsets is not None
+    # the extension packs coordinates in 16 bits; larger maps take the numpy path
+    compiled = all_contours and _levelsets is not None and max(maps_u8.shape[1:]) <= _COMPILED_MAX_SIDE
     rows_largest, rows_all = [], []
     if largest or not compiled:
         for u, gt in zip(maps_u8, gt_boxes):
