@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from typing import Dict
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -270,3 +272,24 @@ def test_paired_box_iou_is_the_diagonal_of_box_iou():
     np.testing.assert_array_equal(paired_box_iou(boxes_a, boxes_b), np.diag(box_iou(boxes_a, boxes_b)))
     # broadcasting: one box against a set
     np.testing.assert_array_equal(paired_box_iou(boxes_a[:1], boxes_b), box_iou(boxes_a[:1], boxes_b)[0])
+
+
+def test_box_accuracy_with_thread_and_process_pools_equals_one_thread():
+    """Sweeps spread over an executor (threads: the compiled sweep releases the GIL; spawned processes)
+    give the same counts as one thread."""
+    rng = np.random.RandomState(1)
+    maps = np.stack([cv2.GaussianBlur(rng.uniform(size=(48, 48)), (0, 0), 4) for _ in range(9)])
+    maps = (maps - maps.min(axis=(1, 2), keepdims=True)) / np.ptp(maps, axis=(1, 2), keepdims=True)
+    boxes = [np.array([[x, x, x + 20, x + 25]]) for x in rng.randint(0, 20, len(maps))]
+
+    def counts(executor):
+        accumulator = BoxAccuracy(0.01, (30, 50, 70), executor=executor)
+        accumulator.update(maps, boxes)
+        return accumulator.compute()
+
+    alone = counts(None)
+    with ThreadPoolExecutor(2) as threads:
+        assert counts(threads) == alone
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as processes:
+        assert counts(processes) == alone
+    assert alone["MaxBoxAccV2"]["mean"] > 0
