@@ -3,16 +3,17 @@
  * Why C: MaxBoxAccV2 needs, at up to a hundred cut levels c, the box of every contour of the mask
  * u > c.  OpenCV answers one level per call, and numpy has no sequential union-find, so both spend
  * time in proportion to levels x pixels.  Building the level sets incrementally (pixels joined to
- * their neighbours by union-find, in value order) visits each pixel once for all levels.  sweep.py
- * keeps a numpy/OpenCV path that gives the same boxes where this module is not built.
+ * their neighbours by union-find, band by band between consecutive cuts) visits each pixel once for
+ * all levels.  sweep.py keeps a numpy/OpenCV path that gives the same boxes where this module is
+ * not built.
  *
- *   components: 8-connected sets of u > c.  Pixels join in decreasing value; once every value above
- *               c is in, the box of each live set is recorded for level c.  The same pass counts
+ *   components: 8-connected sets of u > c.  Pixels join from the highest band down; once every value
+ *               above c is in, the box of each live set is recorded for level c.  The same pass counts
  *               the Euler number (components - holes) from each joining pixel's neighbours, so
  *               the number of holes of every level is known.
  *   holes:      4-connected sets of u <= c that do not reach the image border (OpenCV pads the mask
- *               with zeros, so a set reaching the border is outside).  Pixels join in increasing
- *               value, the one-pixel frame around the image being one "outside" set from the start;
+ *               with zeros, so a set reaching the border is outside).  Pixels join from the lowest
+ *               band up, the one-pixel frame around the image being one "outside" set from the start;
  *               the pass stops after the highest level that has holes.
  *
  * Output: bytes of int32 records (image, threshold column, x0, y0, x1, y1), inclusive pixel bounds.
