@@ -404,7 +404,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_levelsets",
-                                    "Component and hole boxes of all level sets of a uint8 map.", -1, methods};
+                                    "Component and hole boxes of all level sets of a uint8 map.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__levelsets(void) {
     build_tables();

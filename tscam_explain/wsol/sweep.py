@@ -8,8 +8,8 @@ with far less work (methods.md §4b).
 8-connected component of the mask (its outer contour) or the box of a hole, a 4-connected set of
 background pixels not reaching the image border, grown by one pixel (the hole contour runs through
 the foreground pixels around it). ``_levelsets.level_boxes`` (C, see its source for why) builds all
-level sets of a map in one union-find pass per kind, in value order, and reports every component's
-and hole's box at every cut; the IoUs are then scored here, with :mod:`.boxes`.
+level sets of a map in one union-find pass per kind, band by band between cuts, and reports every
+component's and hole's box at every cut; the IoUs are then scored here, with :mod:`.boxes`.
 
 **The largest contour (MaxBoxAcc), and every contour where the extension is not built (no C
 compiler at install time): numpy and OpenCV**, in these steps:
@@ -170,6 +170,11 @@ def sweep_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], threshol
                      all_contours=result_all)
 
 
+def _cut_levels(thresholds: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """wsolevaluation's cut ``int(t * max)`` (float64 product, truncated), broadcast; int64."""
+    return (thresholds * np.asarray(peaks, dtype=np.float64)).astype(np.int64)
+
+
 def _compiled_all_contour_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], thresholds: np.ndarray
                                ) -> np.ndarray:
     """The all-contour IoUs from the compiled sweep: every contour's box at every level in one pass.
@@ -182,9 +187,8 @@ def _compiled_all_contour_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarra
     count, height, width = maps_u8.shape
     n_thresholds = len(thresholds)
     order = np.argsort(thresholds, kind="stable")
-    # int(t * max) exactly as the reference: float64 product, truncated; rows nondecreasing
-    peaks = maps_u8.reshape(count, -1).max(axis=1).astype(np.float64)
-    cuts = (thresholds[order][None, :] * peaks[:, None]).astype(np.int32)
+    # rows nondecreasing (sorted thresholds), as the extension requires
+    cuts = _cut_levels(thresholds[order][None, :], maps_u8.reshape(count, -1).max(axis=1)[:, None]).astype(np.int32)
     # ground truth padded to one (count, k, 4) array by repeating a box: maxima unchanged
     most = max((len(gt) for gt in gt_boxes), default=1)
     gt = np.stack([np.concatenate([g, np.repeat(g[:1], most - len(g), axis=0)]) for g in gt_boxes]) if count else \
@@ -221,8 +225,7 @@ def _compiled_all_contour_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarra
 def _image_sweep(u: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, want_largest: bool,
                  want_all: bool) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     height, width = u.shape
-    # int(t * max) exactly as the reference: float64 product, truncated
-    cuts = (thresholds * float(u.max())).astype(np.int64)
+    cuts = _cut_levels(thresholds, u.max())
     topology = _level_topology(u)
     present = topology.value_counts > 0
     # masks u > c1 and u > c2 are equal iff no map value lies in (c1, c2]: key = #values <= c
