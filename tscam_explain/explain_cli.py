@@ -12,10 +12,11 @@ import timm
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
 
 from .explainers import list_explainers, make_explainer
 from .models import backbone_of, load_model
+from .vit import input_config
 
 DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "gradcam", "layercam", "scorecam")
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     model.eval()
     vit = backbone_of(model)
-    config = resolve_data_config({}, model=vit)
+    config = input_config(vit)
     transform = create_transform(**config)
     image = Image.open(args.image).convert("RGB") if args.image else generated_image(config["input_size"][-1], args.seed)
     input_tensor = transform(image)[None]

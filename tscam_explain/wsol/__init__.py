@@ -6,21 +6,21 @@ Streaming accumulators: :class:`BoxAccuracy`, :class:`PixelAveragePrecision`,
 :class:`ILSVRCXMLDataset`, :class:`ILSVRCListDataset`, :class:`WSOLEvalDataset`. The harness:
 :func:`evaluate`. See ``docs/wsol.md``.
 """
-from .boxes import (as_boxes, box_iou, box_overlaps, largest_contour_rect, maxboxacc_scoremap, normalize_scoremap,
+from .boxes import (as_boxes, box_iou, box_overlaps, largest_contour_rect, maxboxacc_box, maxboxacc_scoremap, normalize_scoremap,
                     paired_box_iou, resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
-from .datasets import (CUBDataset, DatasetFormatError, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset,
-                       WSOLEvalDataset, wsol_collate)
+from .datasets import (DATASET_FORMATS, CUBDataset, DatasetFormatError, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset,
+                       WSOLEvalDataset, open_dataset, wsol_collate)
 from .harness import TSCAM_CAM_THRESHOLDS, EvaluationReport, evaluate, explain_batch, package_versions
 from .metrics import (ERROR_TYPES, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy, LocalizationAccuracy,
                       MetricAccumulator, PixelAveragePrecision, cam_thresholds, classify_error, max_box_acc, pxap)
 from .sweep import SweepIoUs, scoremaps_to_uint8, sweep_box_ious
 
 __all__ = [
-    "as_boxes", "box_iou", "box_overlaps", "largest_contour_rect", "maxboxacc_scoremap", "normalize_scoremap",
+    "as_boxes", "box_iou", "box_overlaps", "largest_contour_rect", "maxboxacc_box", "maxboxacc_scoremap", "normalize_scoremap",
     "paired_box_iou", "resize_boxes_maxboxacc", "resize_boxes_tscam", "tscam_box", "tscam_scoremap",
     "ERROR_TYPES", "GT_KNOWN_CURVE_IOUS", "BoxAccuracy", "ClassificationAccuracy", "LocalizationAccuracy",
     "MetricAccumulator", "PixelAveragePrecision", "cam_thresholds", "classify_error", "max_box_acc", "pxap",
     "SweepIoUs", "scoremaps_to_uint8", "sweep_box_ious",
     "CUBDataset", "DatasetFormatError", "ILSVRCListDataset", "ILSVRCXMLDataset", "WSOLDataset", "WSOLEvalDataset",
-    "wsol_collate", "TSCAM_CAM_THRESHOLDS", "EvaluationReport", "evaluate", "explain_batch", "package_versions",
+    "wsol_collate", "open_dataset", "DATASET_FORMATS", "TSCAM_CAM_THRESHOLDS", "EvaluationReport", "evaluate", "explain_batch", "package_versions",
 ]

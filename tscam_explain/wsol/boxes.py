@@ -244,3 +244,24 @@ def maxboxacc_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     cam = np.ascontiguousarray(cam, dtype=np.float64)
     resized = cv2.resize(cam, (int(size[1]), int(size[0])), interpolation=cv2.INTER_CUBIC)
     return normalize_scoremap(resized)
+
+
+def maxboxacc_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
+    """MaxBoxAcc's box at one threshold: the largest contour of ``uint8 map > int(threshold · max)``.
+
+    Args:
+        scoremap: float (H, W) map in [0, 1] from :func:`maxboxacc_scoremap`.
+        threshold: a CAM threshold in [0, 1).
+
+    Returns:
+        int64 (4,) ``[x, y, x + w, y + h]`` with ``x + w``, ``y + h`` clipped to ``W - 1``, ``H - 1``;
+        ``[0, 0, 0, 0]`` when nothing is above the threshold.
+    """
+    maps_u8 = (scoremap * 255).astype(np.uint8)
+    binary = (maps_u8 > int(threshold * np.max(maps_u8))).astype(np.uint8)
+    rect = largest_contour_rect(binary)
+    if rect is None:
+        return np.zeros(4, dtype=np.int64)
+    x, y, w, h = rect
+    height, width = scoremap.shape
+    return np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)], dtype=np.int64)

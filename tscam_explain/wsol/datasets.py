@@ -611,3 +611,44 @@ class WSOLEvalDataset(WSOLDataset):
             if not entry["boxes"] and not entry["masks"]:
                 raise ids[key].error(f"id {key!r} has no line in {path}")
         return entries
+
+
+#: the on-disk formats :func:`open_dataset` reads
+DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
+#: the options each format needs besides its path
+FORMAT_OPTIONS = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
+
+
+def open_dataset(dataset_format: str, data: PathLike, protocol: Protocol = "tscam", *,
+                 image_dir: Optional[PathLike] = None, mask_dir: Optional[PathLike] = None,
+                 synsets: Optional[PathLike] = None, split: Literal["train", "test", "all"] = "test",
+                 input_size: int = 224, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                 std: Sequence[float] = IMAGENET_DEFAULT_STD) -> WSOLDataset:
+    """The reader of one of :data:`DATASET_FORMATS`, by name (what ``evaluate`` and ``bench`` open).
+
+    Args:
+        dataset_format: ``cub``, ``ilsvrc-xml``, ``ilsvrc-list`` or ``wsolevaluation``.
+        data: the CUB folder, the XML folder, the list file or the metadata split folder.
+        protocol: see :class:`WSOLDataset`.
+        image_dir: image root (every format but ``cub``).
+        mask_dir: mask root (wsolevaluation masks: OpenImages).
+        synsets: class order (``ilsvrc-xml``).
+        split: CUB split.
+        input_size: see :class:`WSOLDataset`.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
+    """
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"unknown dataset format {dataset_format!r}; expected one of {DATASET_FORMATS}")
+    given = {"image_dir": image_dir, "synsets": synsets}
+    missing = [name for name in FORMAT_OPTIONS.get(dataset_format, ()) if given[name] is None]
+    if missing:
+        raise ValueError(f"dataset format {dataset_format} needs {' and '.join(missing)}")
+    common = dict(input_size=input_size, mean=mean, std=std)
+    if dataset_format == "cub":
+        return CUBDataset(data, split, protocol, **common)
+    if dataset_format == "ilsvrc-xml":
+        return ILSVRCXMLDataset(data, image_dir, synsets, protocol, **common)
+    if dataset_format == "ilsvrc-list":
+        return ILSVRCListDataset(data, image_dir, protocol=protocol, **common)
+    return WSOLEvalDataset(data, image_dir, mask_dir, protocol, **common)
