@@ -11,8 +11,8 @@ from timm.data import resolve_data_config
 
 from ..explainers import list_explainers, make_explainer
 from ..models import backbone_of, load_model
-from .datasets import CUBDataset, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset, WSOLEvalDataset
-from .harness import evaluate
+from .datasets import PROTOCOLS, CUBDataset, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset, WSOLEvalDataset
+from .harness import PROTOCOL_DESCRIPTIONS, evaluate
 
 DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
 
@@ -27,13 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="evaluate an explainer on a WSOL dataset (Top-1/5 Loc, GT-known, MaxBoxAcc, PxAP)",
         description="Explain every image of a WSOL dataset for its ground-truth class and write report.json "
                     "and report.md with the protocol's metrics, the settings and the package versions.")
-    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a tscam-explain model file (TS-CAM or TRT) or an official TS-CAM / TRT checkpoint")
     parser.add_argument("--model", default="deit_small_patch16_224",
                         help="timm model name, used when no --checkpoint is given (default: %(default)s)")
     parser.add_argument("--pretrained", action="store_true", help="with --model: timm's pretrained weights (needs the hub)")
     parser.add_argument("--explainer", default="tscam", help=f"one of {', '.join(list_explainers())} (default: %(default)s)")
-    parser.add_argument("--protocol", choices=("tscam", "maxboxacc"), default="tscam",
-                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep (default: %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="tscam",
+                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep; trt: TRT's "
+                             "official evaluation, the tscam metrics plus its one-threshold 'MaxBoxAccV2' "
+                             "(default: %(default)s)")
     parser.add_argument("--data", type=Path, required=True,
                         help="cub: the CUB_200_2011 folder; ilsvrc-xml: the XML folder; ilsvrc-list: the list "
                              "file; wsolevaluation: the metadata split folder")
@@ -42,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mask-dir", type=Path, help="mask root (wsolevaluation OpenImages)")
     parser.add_argument("--synsets", type=Path, help="ilsvrc-xml: class order, one synset per line")
     parser.add_argument("--split", choices=("test", "train", "all"), default="test", help="cub split (default: %(default)s)")
-    parser.add_argument("--cam-threshold", type=float, help="tscam protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
+    parser.add_argument("--cam-threshold", type=float,
+                        help="tscam and trt protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
     parser.add_argument("--cam-curve-interval", type=float, default=0.01, help="maxboxacc spacing (default: %(default)s)")
     parser.add_argument("--error-rule", choices=("official", "paper"), default="official",
                         help="error analysis rule of the tscam protocol (default: %(default)s)")
@@ -56,26 +60,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_dataset(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]) -> WSOLDataset:
+def build_dataset(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float],
+                  input_size: int = 224) -> WSOLDataset:
     """The reader of ``--dataset-format`` for ``--protocol``, with a clear error for missing options.
 
     Args:
         args: the parsed ``evaluate`` options.
         mean: the model's normalisation mean.
         std: the model's normalisation standard deviation.
+        input_size: side of the square input the model takes.
     """
     needs = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
     for option in needs.get(args.dataset_format, ()):
         if getattr(args, option) is None:
             raise SystemExit(f"--dataset-format {args.dataset_format} needs --{option.replace('_', '-')}")
-    normalization = dict(mean=mean, std=std)
+    options = dict(mean=mean, std=std, input_size=input_size)
     if args.dataset_format == "cub":
-        return CUBDataset(args.data, args.split, args.protocol, **normalization)
+        return CUBDataset(args.data, args.split, args.protocol, **options)
     if args.dataset_format == "ilsvrc-xml":
-        return ILSVRCXMLDataset(args.data, args.image_dir, args.synsets, args.protocol, **normalization)
+        return ILSVRCXMLDataset(args.data, args.image_dir, args.synsets, args.protocol, **options)
     if args.dataset_format == "ilsvrc-list":
-        return ILSVRCListDataset(args.data, args.image_dir, protocol=args.protocol, **normalization)
-    return WSOLEvalDataset(args.data, args.image_dir, args.mask_dir, args.protocol, **normalization)
+        return ILSVRCListDataset(args.data, args.image_dir, protocol=args.protocol, **options)
+    return WSOLEvalDataset(args.data, args.image_dir, args.mask_dir, args.protocol, **options)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,11 +92,15 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, map_location=args.device)
+        if hasattr(model, "official"):
+            print(model.official.describe())
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
-    # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT)
-    config = resolve_data_config({}, model=backbone_of(model))
-    dataset = build_dataset(args, config["mean"], config["std"])
+    # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT),
+    # at the size it takes (224, or 384 for the *_384 models)
+    vit = backbone_of(model)
+    config = resolve_data_config({}, model=vit)
+    dataset = build_dataset(args, config["mean"], config["std"], input_size=_input_size(vit))
     if args.checkpoint is None and model.num_classes != dataset.num_classes:
         # the data's classes were not known when the model was made; a head of another size has no use here
         model.reset_classifier(dataset.num_classes)
@@ -101,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
                       cam_curve_interval=args.cam_curve_interval, error_rule=args.error_rule, limit=args.limit,
                       metric_workers=args.metric_workers, progress=not args.no_progress)
     json_path, markdown_path = report.save(args.out)
+    print(f"protocol {args.protocol}: {PROTOCOL_DESCRIPTIONS[args.protocol]}")
     print(report.markdown())
     print(f"wrote {json_path} and {markdown_path}")
     return 0
+
+
+def _input_size(vit: torch.nn.Module) -> int:
+    """The square input side a timm ViT was built for (its patch embedding's ``img_size``)."""
+    size = getattr(vit.patch_embed, "img_size", None) or (224, 224)
+    if size[0] != size[1]:
+        raise SystemExit(f"the model takes {size[0]}x{size[1]} inputs; the WSOL readers resize to a square")
+    return int(size[0])
