@@ -61,7 +61,8 @@ def test_fixed_threshold_box_accuracy_equals_trts_official_evaluator_on_crafted_
     gt_boxes = [gt for _, gt in cases]
     accuracy = FixedThresholdBoxAccuracy(threshold)
     # two batches: the counts add up
-    scores = np.concatenate([accuracy.update(maps_u8[:17], gt_boxes[:17]), accuracy.update(maps_u8[17:], gt_boxes[17:])])
+    scores = np.concatenate([accuracy.update(maps_u8[:17], gt_boxes[:17]),
+                             accuracy.update(maps_u8[17:], gt_boxes[17:])])
     np.testing.assert_array_equal(scores, expected["max_iou"].numpy())
     result = accuracy.compute()
     assert list(result["per_iou"].values()) == expected["per_iou"]
