@@ -12,7 +12,7 @@ from timm.data import resolve_data_config
 from ..explainers import list_explainers, make_explainer
 from ..models import backbone_of, load_model
 from .datasets import PROTOCOLS, CUBDataset, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset, WSOLEvalDataset
-from .harness import PROTOCOL_DESCRIPTIONS, evaluate
+from .harness import evaluate
 
 DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
 
@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
                       cam_curve_interval=args.cam_curve_interval, error_rule=args.error_rule, limit=args.limit,
                       metric_workers=args.metric_workers, progress=not args.no_progress)
     json_path, markdown_path = report.save(args.out)
-    print(f"protocol {args.protocol}: {PROTOCOL_DESCRIPTIONS[args.protocol]}")
     print(report.markdown())
     print(f"wrote {json_path} and {markdown_path}")
     return 0
