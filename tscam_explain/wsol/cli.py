@@ -11,7 +11,7 @@ import torch
 from ..explainers import list_explainers, make_explainer
 from ..models import backbone_of, load_model
 from ..vit import input_config
-from .datasets import DATASET_FORMATS, FORMAT_OPTIONS, WSOLDataset, open_dataset
+from .datasets import DATASET_FORMATS, FORMAT_OPTIONS, PROTOCOLS, WSOLDataset, open_dataset
 from .harness import evaluate
 
 
@@ -25,18 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="evaluate an explainer on a WSOL dataset (Top-1/5 Loc, GT-known, MaxBoxAcc, PxAP)",
         description="Explain every image of a WSOL dataset for its ground-truth class and write report.json "
                     "and report.md with the protocol's metrics, the settings and the package versions.")
-    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a tscam-explain model file (TS-CAM or TRT) or an official TS-CAM / TRT checkpoint")
     parser.add_argument("--model", default="deit_small_patch16_224",
                         help="timm model name, used when no --checkpoint is given (default: %(default)s)")
     parser.add_argument("--pretrained", action="store_true", help="with --model: timm's pretrained weights (needs the hub)")
     parser.add_argument("--explainer", default="tscam", help=f"one of {', '.join(list_explainers())} (default: %(default)s)")
-    parser.add_argument("--protocol", choices=("tscam", "maxboxacc"), default="tscam",
-                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep (default: %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="tscam",
+                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep; trt: TRT's "
+                             "official evaluation, the tscam metrics plus its one-threshold 'MaxBoxAccV2' "
+                             "(default: %(default)s)")
     parser.add_argument("--data", type=Path, required=True,
                         help="cub: the CUB_200_2011 folder; ilsvrc-xml: the XML folder; ilsvrc-list: the list "
                              "file; wsolevaluation: the metadata split folder")
     add_dataset_arguments(parser)
-    parser.add_argument("--cam-threshold", type=float, help="tscam protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
+    parser.add_argument("--cam-threshold", type=float,
+                        help="tscam and trt protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
     parser.add_argument("--cam-curve-interval", type=float, default=0.01, help="maxboxacc spacing (default: %(default)s)")
     parser.add_argument("--error-rule", choices=("official", "paper"), default="official",
                         help="error analysis rule of the tscam protocol (default: %(default)s)")
@@ -69,7 +73,7 @@ def build_dataset(args: argparse.Namespace, protocol: str, mean: Sequence[float]
 
     Args:
         args: parsed options of :func:`add_dataset_arguments` and ``--data``.
-        protocol: ``tscam`` or ``maxboxacc`` (how boxes are mapped to the input size).
+        protocol: ``tscam``, ``trt`` or ``maxboxacc`` (how boxes are mapped to the input size).
         mean: the model's normalisation mean.
         std: the model's normalisation standard deviation.
         input_size: side of the model's square input.
@@ -90,11 +94,16 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, map_location=args.device)
+        if hasattr(model, "official"):
+            print(model.official.describe())
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT)
     config = input_config(backbone_of(model))
-    dataset = build_dataset(args, args.protocol, config["mean"], config["std"], config["input_size"][-2])
+    height, width = config["input_size"][-2:]
+    if height != width:
+        raise SystemExit(f"the model takes {height}x{width} inputs; the WSOL readers resize to a square")
+    dataset = build_dataset(args, args.protocol, config["mean"], config["std"], height)
     if args.checkpoint is None and model.num_classes != dataset.num_classes:
         # the data's classes were not known when the model was made; a head of another size has no use here
         model.reset_classifier(dataset.num_classes)
@@ -108,3 +117,4 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown())
     print(f"wrote {json_path} and {markdown_path}")
     return 0
+

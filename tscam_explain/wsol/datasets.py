@@ -11,6 +11,7 @@ ImageNet's; pass the model's own, e.g. timm's ``resolve_data_config({}, model=vi
 ``x0, y0, x1, y1`` in that resized image, transformed as the chosen protocol does it:
 
 * ``"tscam"``: ``int(max(x0 / W * S, 0))``, ``int(min(x1 / W * S, S - 1))`` (TS-CAM's loaders);
+* ``"trt"``: the same (TRT's loaders, ``lib/datasets/cub.py`` and ``imagenet.py``, are TS-CAM's);
 * ``"maxboxacc"``: ``int(x * S / W)`` for every coordinate, no clipping (wsolevaluation's ``resize_bbox``).
 
 Batch them with :func:`wsol_collate` (box counts differ between images).
@@ -46,8 +47,8 @@ from torchvision import transforms
 from .boxes import resize_boxes_maxboxacc, resize_boxes_tscam
 
 PathLike = Union[str, os.PathLike]
-Protocol = Literal["tscam", "maxboxacc"]
-PROTOCOLS = ("tscam", "maxboxacc")
+Protocol = Literal["tscam", "maxboxacc", "trt"]
+PROTOCOLS = ("tscam", "maxboxacc", "trt")
 
 
 class DatasetFormatError(ValueError):
@@ -164,7 +165,7 @@ class WSOLDataset(Dataset):
 
     Args:
         records: the annotated images.
-        protocol: ``"tscam"`` or ``"maxboxacc"`` (how boxes are mapped to the input size).
+        protocol: ``"tscam"``, ``"maxboxacc"`` or ``"trt"`` (how boxes are mapped to the input size).
         input_size: side of the square network input.
         benchmark: ``"CUB"``, ``"ILSVRC"`` or ``"OpenImages"`` (sets default CAM thresholds in the harness).
         num_classes: number of classes, when the annotations say it.
@@ -212,7 +213,7 @@ class WSOLDataset(Dataset):
     def _transform_boxes(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
         if len(boxes) == 0:
             return np.zeros((0, 4), dtype=np.int64)
-        if self.protocol == "tscam":
+        if self.protocol in ("tscam", "trt"):
             return resize_boxes_tscam(boxes, (width, height), self.input_size)
         # wsolevaluation reads integer boxes
         return resize_boxes_maxboxacc(np.trunc(boxes), (width, height), self.input_size)
