@@ -2,23 +2,63 @@
 
 ``explainer(input_tensor, targets=None, aug_smooth=False, eigen_smooth=False)`` returns an
 ``np.ndarray`` float32 (B, H, W), each map min-max normalised to [0, 1], exactly as pytorch-grad-cam's
-``BaseCAM.__call__`` does; ``explainer.outputs`` holds the logits; ``with`` releases the hooks.
+``BaseCAM.__call__`` does; ``explainer.outputs`` holds the logits (float32); ``with`` releases the hooks.
 :meth:`ViTExplainer.attribute` is the tensor path (Captum-style): the maps stay on the model's device.
+
+Two policies every explainer shares (ours, and pytorch-grad-cam's as :func:`make_explainer` builds them):
+
+* **dtype** (:func:`cast_input`, :func:`dtype_policy`): a floating-point input is moved to the model's
+  device and cast to the model's dtype (a float32 batch for a bf16 model is cast to bf16, not refused);
+  under ``torch.autocast`` the model's own dtype is kept and autocast chooses each op's precision.
+  Logits and maps come back float32. The harness (``evaluate``) and the bench apply the same policy.
+* **the user's model is left as it was** (:func:`preserving_model`): each call runs the model in eval
+  mode and then puts back every module's train/eval flag, its submodules, the hooks, ``requires_grad``,
+  the parameters' ``.grad`` and the attention modules' ``fused_attn`` flags, whether the call succeeded or
+  raised. The hooks an explainer keeps between calls are removed by ``release()`` / ``with``.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import warnings
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import ttach
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..vit import check_input
 
 Targets = Optional[Sequence[Any]]
+
+
+def _target_list(targets: Sequence[Any], batch: int) -> List[Any]:
+    """``targets`` as a list with one entry per image, or a clear error."""
+    if isinstance(targets, torch.Tensor):
+        targets = targets.tolist()
+    if isinstance(targets, (str, bytes)) or not hasattr(targets, "__len__"):
+        raise TypeError(f"targets must be a sequence with one target per image, got {type(targets).__name__}")
+    if len(targets) != batch:
+        raise ValueError(f"got {len(targets)} targets for a batch of {batch} images; pass one target per image")
+    return list(targets)
+
+
+def _class_index(target: Any, position: int) -> int:
+    """The class of an int, a 0-d integer tensor or a target with a ``category``."""
+    category = getattr(target, "category", target)
+    if isinstance(category, torch.Tensor) and category.numel() == 1:
+        category = category.item()
+    if isinstance(category, np.integer):
+        category = int(category)
+    if not isinstance(category, int) or isinstance(category, bool):
+        raise TypeError(
+            f"target {position} is {target!r}; expected an int class index or a pytorch-grad-cam "
+            "target with a 'category' (e.g. ClassifierOutputTarget(3))"
+        )
+    return category
 
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
@@ -36,28 +76,137 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     batch, num_classes = logits.shape
     if targets is None:
         return logits.argmax(dim=-1)
-    if isinstance(targets, torch.Tensor):
-        targets = targets.tolist()
-    if isinstance(targets, (str, bytes)) or not hasattr(targets, "__len__"):
-        raise TypeError(f"targets must be a sequence with one target per image, got {type(targets).__name__}")
-    if len(targets) != batch:
-        raise ValueError(f"got {len(targets)} targets for a batch of {batch} images; pass one target per image")
     classes = []
-    for position, target in enumerate(targets):
-        category = getattr(target, "category", target)
-        if isinstance(category, torch.Tensor) and category.numel() == 1:
-            category = category.item()
-        if isinstance(category, np.integer):
-            category = int(category)
-        if not isinstance(category, int) or isinstance(category, bool):
-            raise TypeError(
-                f"target {position} is {target!r}; expected an int class index or a pytorch-grad-cam "
-                "target with a 'category' (e.g. ClassifierOutputTarget(3))"
-            )
+    for position, target in enumerate(_target_list(targets, batch)):
+        category = _class_index(target, position)
         if not 0 <= category < num_classes:
             raise ValueError(f"target {position} is class {category}, outside 0..{num_classes - 1}")
         classes.append(category)
     return torch.tensor(classes, dtype=torch.long, device=logits.device)
+
+
+def callable_targets(targets: Targets, batch: int) -> Optional[List[Any]]:
+    """pytorch-grad-cam's targets (callables on the model output) from what our explainers accept.
+
+    ints and 0-d integer tensors become ``ClassifierOutputTarget``; callables (any pytorch-grad-cam
+    target) are kept; ``None`` stays ``None`` (the predicted top-1 class).
+    """
+    if targets is None:
+        return None
+    return [target if callable(target) else ClassifierOutputTarget(_class_index(target, position))
+            for position, target in enumerate(_target_list(targets, batch))]
+
+
+# -- the dtype policy -------------------------------------------------------------------------------
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of ``model``'s first floating-point parameter (or buffer): what its inputs are cast to."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.get_default_dtype()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without any)."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def cast_input(model: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:
+    """The one dtype policy of the explainers, the harness and the bench.
+
+    A floating-point tensor is moved to the model's device and cast to :func:`model_dtype` (float32
+    images for a bf16 or fp16 model are cast, not refused; a float64 batch for a float32 model too).
+    Anything else is returned unchanged, for the input checks to refuse with their own message.
+    Under ``torch.autocast`` the model keeps its dtype (usually float32) and autocast casts per op.
+    """
+    if not isinstance(input_tensor, torch.Tensor) or not input_tensor.is_floating_point():
+        return input_tensor
+    return input_tensor.to(device=model_device(model), dtype=model_dtype(model))
+
+
+def _float32(output: Any) -> Any:
+    return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
+
+
+@contextlib.contextmanager
+def dtype_policy(model: nn.Module) -> Iterator[nn.Module]:
+    """Apply :func:`cast_input` to every call of ``model(...)`` inside the block, and return its tensor
+    outputs (the logits) as float32.
+
+    For code that calls the model itself (pytorch-grad-cam's methods run it several times, on inputs they
+    build themselves; the bench's perturbation metrics). The two hooks it adds are removed on exit.
+    """
+
+    def cast_inputs(_module: nn.Module, args: tuple) -> tuple:
+        return tuple(cast_input(model, arg) for arg in args)
+
+    def float_outputs(_module: nn.Module, _args: tuple, output: Any) -> Any:
+        return _float32(output)
+
+    handles = [model.register_forward_pre_hook(cast_inputs), model.register_forward_hook(float_outputs)]
+    try:
+        yield model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# -- leaving the user's model as it was ---------------------------------------------------------------
+#: nn.Module's hook dictionaries (forward, backward, state-dict hooks and their variants)
+_HOOK_DICTS = tuple(name for name, value in vars(nn.Module()).items() if "hook" in name and isinstance(value, dict))
+
+
+class ModelState:
+    """What an explainer could change on a model, captured so that :meth:`restore` puts it back.
+
+    Captured: every module's submodules (pytorch-grad-cam's AblationCAM swaps the target layer for its
+    ablation layer), train/eval flag, hook dictionaries and ``fused_attn`` flag (timm's attention), and
+    every parameter's ``requires_grad`` and ``.grad`` (pytorch-grad-cam zeroes and refills the gradients).
+
+    Args:
+        model: the model to capture.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())
+        self.children = [(module, list(module._modules.items())) for module in modules]
+        self.training = [(module, module.training) for module in modules]
+        self.fused_attn = [(module, module.fused_attn) for module in modules if hasattr(module, "fused_attn")]
+        self.hooks = [(hooks, set(hooks)) for module in modules for hooks in
+                      (getattr(module, name, None) for name in _HOOK_DICTS) if isinstance(hooks, dict)]
+        self.parameters = [(parameter, parameter.requires_grad, parameter.grad) for parameter in model.parameters()]
+
+    def restore(self, *, hooks: bool = True) -> None:
+        """Put the captured state back; ``hooks=False`` keeps hooks added since (an explainer's own)."""
+        for module, children in self.children:
+            if list(module._modules.items()) != children:
+                module._modules.clear()
+                module._modules.update(children)
+        for module, training in self.training:
+            module.training = training
+        for module, fused in self.fused_attn:
+            module.fused_attn = fused
+        if hooks:
+            for hook_dict, keys in self.hooks:
+                for key in [key for key in hook_dict if key not in keys]:
+                    del hook_dict[key]
+        for parameter, requires_grad, grad in self.parameters:
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = grad
+
+
+@contextlib.contextmanager
+def preserving_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode, then restore it exactly (:class:`ModelState`), even if
+    the block raised. Hooks added inside the block are removed; those added before stay."""
+    state = ModelState(model)
+    try:
+        model.eval()
+        yield model
+    finally:
+        state.restore()
 
 
 def normalize_maps(maps: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
@@ -112,18 +261,23 @@ class ViTExplainer:
     maps need) and :meth:`_class_maps` (grid maps for one class per image).
 
     Args:
-        model: the model to explain; it is put in eval mode, as pytorch-grad-cam does.
+        model: the model to explain. Each call runs it in eval mode and leaves it as it was
+            (:func:`preserving_model`): a model in training mode stays in training mode.
         tta_transforms: ttach transforms for ``aug_smooth``; default: pytorch-grad-cam's
             (horizontal flip × multiply by 0.9, 1, 1.1).
     """
 
     def __init__(self, model: nn.Module, tta_transforms: Optional[ttach.Compose] = None) -> None:
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
+        self.model = model
         self.tta_transforms = tta_transforms if tta_transforms is not None else ttach.Compose(
             [ttach.HorizontalFlip(), ttach.Multiply(factors=[0.9, 1, 1.1])]
         )
         self.outputs: Optional[torch.Tensor] = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (read at each call: the model may have moved since)."""
+        return model_device(self.model)
 
     # -- to implement -------------------------------------------------------------------------
     @property
@@ -162,12 +316,13 @@ class ViTExplainer:
         return self._finish(maps, tuple(input_tensor.shape[-2:]), upsample)
 
     def _explained_pass(self, input_tensor: torch.Tensor, targets: Targets) -> Tuple[Any, torch.Tensor]:
-        """Check the input, run :meth:`_forward` once, keep the logits; return (context, classes)."""
+        """Check the input, cast it (:func:`cast_input`), run :meth:`_forward` once in eval mode with the
+        model restored afterwards, keep the logits (float32); return (context, classes)."""
         check_input(self.backbone, input_tensor)
-        input_tensor = input_tensor.to(self.device)
-        with torch.no_grad():
+        input_tensor = cast_input(self.model, input_tensor)
+        with torch.no_grad(), preserving_model(self.model):
             logits, context = self._forward(input_tensor)
-        self.outputs = logits
+        self.outputs = logits.float()
         return context, resolve_targets(targets, logits)
 
     @staticmethod
