@@ -9,7 +9,8 @@ Everything else in tscam-explain goes through these functions for:
 * running one block with a custom attention normalisation (:func:`block_forward_with_softmax`);
 * capturing every block's CLS attention row with timm's fused attention kept on
   (:class:`CLSAttentionRecorder`);
-* the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`).
+* the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`) and the
+  ablation layer of its AblationCAM (:class:`ViTAblationLayer`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
+from pytorch_grad_cam.ablation_layer import AblationLayer
 from timm.data import resolve_data_config
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
@@ -25,6 +27,7 @@ __all__ = [
     "TokenLayout",
     "CLSAttentionRecorder",
     "ViTReshapeTransform",
+    "ViTAblationLayer",
     "check_vit",
     "check_input",
     "token_layout",
@@ -138,6 +141,9 @@ def check_input(model: VisionTransformer, input_tensor: torch.Tensor) -> TokenLa
             f"input_tensor must be 4-D (B, C, H, W), got shape {tuple(input_tensor.shape)}; "
             "add a batch dimension with input_tensor.unsqueeze(0)"
         )
+    if input_tensor.shape[0] == 0:
+        raise ValueError(f"input_tensor is an empty batch (shape {tuple(input_tensor.shape)}); expected at least "
+                         "one image")
     channels = model.patch_embed.proj.in_channels
     if input_tensor.shape[1] != channels:
         raise ValueError(f"input_tensor has {input_tensor.shape[1]} channels, the model expects {channels}")
@@ -413,9 +419,42 @@ class ViTReshapeTransform:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         layout = TokenLayout(self.num_prefix_tokens, self.grid)
         _, patches = split_tokens(tokens, layout)
-        return tokens_to_grid(patches, layout)
+        # float32: pytorch-grad-cam turns activations and gradients into numpy arrays, which have no bf16
+        return tokens_to_grid(patches, layout).float()
 
     def release(self) -> None:
         if self.handle is not None:
             self.handle.remove()
             self.handle = None
+
+
+class ViTAblationLayer(AblationLayer):
+    """The ablation layer of pytorch-grad-cam's ``AblationCAM`` for any timm ViT.
+
+    AblationCAM replaces the target layer (``blocks[-1].norm1``) by this layer while it re-runs the model
+    with one channel ablated per copy of the image. pytorch-grad-cam's default ``AblationLayer`` indexes
+    its input as (B, C, H, W) and fails on a token sequence; its ``AblationLayerVit`` ablates the channel
+    in every token, the prefix tokens (CLS, distillation, registers) included, and sets it to
+    ``min - 1e7`` for signed activations, which saturates the attention and overflows fp16.
+    Here channel k is set to 0 in the patch tokens only: the k-th channel of the map that Grad-CAM-style
+    methods weight, exactly as the paper ablates a feature map.
+
+    Args:
+        num_prefix_tokens: the tokens before the patches (``model.num_prefix_tokens``).
+    """
+
+    def __init__(self, num_prefix_tokens: int) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def set_next_batch(self, input_batch_index: int, activations: torch.Tensor, num_channels_to_ablate: int) -> None:
+        """Copies of image ``input_batch_index``'s tokens (N, D), one per channel to ablate next."""
+        self.activations = activations[input_batch_index].detach().clone().unsqueeze(0).repeat(
+            num_channels_to_ablate, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # pytorch-grad-cam calls the ablation layer directly (its AblationLayer overrides __call__)
+        ablated = self.activations
+        for copy, channel in enumerate(self.indices[: len(ablated)]):
+            ablated[copy, self.num_prefix_tokens:, int(channel)] = 0
+        return ablated
