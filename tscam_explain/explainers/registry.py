@@ -1,19 +1,22 @@
-"""``make_explainer(name, model)``: our explainers and pytorch-grad-cam's, configured for any timm ViT."""
+"""``make_explainer(name, model)``: our explainers and pytorch-grad-cam's, configured for any timm ViT.
+
+Names are normalised once (:func:`canonical_name`: lower case, no ``-`` or ``_``) for registering,
+listing and looking up, so every name :func:`list_explainers` returns is accepted by :func:`make_explainer`.
+A name that does not apply to a model is refused up front with the reason, never at the first call.
+"""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
-import pytorch_grad_cam
 import torch.nn as nn
-from pytorch_grad_cam.base_cam import BaseCAM
 
-from ..models import backbone_of
-from ..vit import ViTReshapeTransform, check_vit
+from .grad_cam import REFUSED, canonical_name, grad_cam_accepts, grad_cam_methods, make_grad_cam
 from .trt import TRTExplainer
 from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
 
 Accepts = Callable[[nn.Module], bool]
+
+__all__ = ["register_explainer", "list_explainers", "make_explainer", "canonical_name"]
 
 
 class _Entry(NamedTuple):
@@ -25,6 +28,7 @@ _EXPLAINERS: Dict[str, _Entry] = {}
 
 
 def _any_model(model: nn.Module) -> bool:
+    """Every model."""
     return True
 
 
@@ -32,45 +36,27 @@ def register_explainer(name: str, accepts: Optional[Accepts] = None) -> Callable
     """Decorator registering an explainer factory ``factory(model, **kw)`` under ``name``.
 
     Args:
-        name: the name :func:`make_explainer` takes (case-insensitive).
+        name: the name :func:`make_explainer` takes; stored as :func:`canonical_name` gives it.
         accepts: ``accepts(model)`` says whether the explainer applies to ``model`` (what
-            :func:`list_explainers` filters on); default: every model.
+            :func:`list_explainers` filters on and :func:`make_explainer` checks); its docstring is
+            the reason given when it refuses a model. Default: every model.
     """
 
     def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-        _EXPLAINERS[name.lower()] = _Entry(factory, accepts or _any_model)
+        _EXPLAINERS[canonical_name(name)] = _Entry(factory, accepts or _any_model)
         return factory
 
     return decorate
 
 
-def _grad_cam_methods() -> Dict[str, type]:
-    """pytorch-grad-cam's CAM classes by lower-case name: gradcam, scorecam, layercam, gradcamplusplus, …"""
-    return {
-        name.lower(): cls
-        for name, cls in inspect.getmembers(pytorch_grad_cam, inspect.isclass)
-        if issubclass(cls, BaseCAM) and cls is not BaseCAM
-    }
-
-
-def _grad_cam_accepts(model: nn.Module) -> bool:
-    """pytorch-grad-cam's methods hook ``blocks[-1].norm1``, which must see the full token sequence:
-    any timm ViT classifier or TS-CAM model, not TRT (its last block runs on two tokens)."""
-    if getattr(model, "arch", None) == "trt":
-        return False
-    try:
-        check_vit(backbone_of(model), needs_class_token=False)
-    except TypeError:
-        return False
-    return True
-
-
 def list_explainers(model: Optional[nn.Module] = None) -> List[str]:
-    """Every name :func:`make_explainer` accepts; with ``model``, only those that apply to it."""
-    if model is None:
-        return sorted(set(_EXPLAINERS) | set(_grad_cam_methods()))
-    ours = [name for name, entry in _EXPLAINERS.items() if entry.accepts(model)]
-    theirs = list(_grad_cam_methods()) if _grad_cam_accepts(model) else []
+    """Every name :func:`make_explainer` accepts (canonical); with ``model``, only those that apply to it.
+
+    pytorch-grad-cam's methods that do not apply to ViTs (:data:`~tscam_explain.explainers.grad_cam.REFUSED`)
+    are not listed; ``make_explainer`` refuses them with the reason.
+    """
+    theirs = grad_cam_methods() if model is None or grad_cam_accepts(model) else []
+    ours = [name for name, entry in _EXPLAINERS.items() if model is None or entry.accepts(model)]
     return sorted(set(ours) | set(theirs))
 
 
@@ -78,30 +64,34 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     """Build an explainer by name, ready for ``explainer(input_tensor, targets)``.
 
     Args:
-        name: ``tscam``, ``transattention``, ``transcam`` (and later registrations such as ``trt``),
-            or any pytorch-grad-cam method by class name, case-insensitive (``gradcam``, ``scorecam``,
-            ``layercam``, ``gradcamplusplus``, ``eigencam``, …).
+        name: ``tscam``, ``transattention``, ``transcam``, ``trt`` (and later registrations), or any
+            pytorch-grad-cam method by class name (``gradcam``, ``scorecam``, ``layercam``,
+            ``gradcamplusplus``, ``eigencam``, ``kpca_cam``, …); case, ``-`` and ``_`` do not matter.
         model: a tscam-explain model or a timm ViT classifier.
         **kwargs: passed to the explainer. For pytorch-grad-cam methods, ``target_layers`` defaults to
-            ``[vit.blocks[-1].norm1]`` and ``reshape_transform`` to :class:`~tscam_explain.vit.ViTReshapeTransform`.
+            ``[vit.blocks[-1].norm1]`` and ``reshape_transform`` to :class:`~tscam_explain.vit.ViTReshapeTransform`
+            (see :func:`~tscam_explain.explainers.grad_cam.make_grad_cam`).
 
-    pytorch-grad-cam methods are returned as pytorch-grad-cam's own objects; the reshape transform's
-    hook (dynamic-size models) is released by their ``release()`` / ``with`` exit.
+    pytorch-grad-cam methods are returned as pytorch-grad-cam's own classes (a subclass each: ``isinstance``
+    holds) that also take int targets, leave the model as it was and release their hooks on ``with`` exit
+    or ``release()``.
+
+    Raises:
+        ValueError: an unknown name, or a pytorch-grad-cam method that does not apply to ViTs (with why).
+        TypeError: the explainer does not apply to ``model`` (with what it expects).
     """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key in _EXPLAINERS:
-        return _EXPLAINERS[key].factory(model, **kwargs)
-    methods = _grad_cam_methods()
-    if key not in methods:
+    key = canonical_name(name)
+    if key in REFUSED:
+        raise ValueError(f"explainer {name!r} does not apply to ViTs: {REFUSED[key]}")
+    entry = _EXPLAINERS.get(key)
+    if entry is None and key not in grad_cam_methods():
         raise ValueError(f"unknown explainer {name!r}; expected one of {list_explainers()}")
-    vit = check_vit(backbone_of(model), needs_class_token=False)
-    reshape = kwargs.pop("reshape_transform", None) or ViTReshapeTransform(vit)
-    target_layers = kwargs.pop("target_layers", None) or [vit.blocks[-1].norm1]
-    cam = methods[key](model=model, target_layers=target_layers, reshape_transform=reshape, **kwargs)
-    if isinstance(reshape, ViTReshapeTransform) and reshape.handle is not None:
-        cam.activations_and_grads.handles.append(reshape.handle)
-    return cam
-
+    accepts = entry.accepts if entry is not None else grad_cam_accepts
+    if not accepts(model):
+        reason = " ".join((accepts.__doc__ or "").split())
+        raise TypeError(f"explainer {name!r} does not apply to {type(model).__name__}: {reason} "
+                        f"Explainers that apply to it: {list_explainers(model)}")
+    return entry.factory(model, **kwargs) if entry is not None else make_grad_cam(key, model, **kwargs)
 
 register_explainer("tscam", TSCAMExplainer.accepts)(TSCAMExplainer)
 register_explainer("transattention", TSCAMExplainer.accepts)(TransAttentionExplainer)
