@@ -1,4 +1,4 @@
-"""The ``tscam-explain`` command line: explain, evaluate, train, synth, bench, demo.
+"""The ``tscam-explain`` command line: explain, evaluate, train, synth, bench, demo, pretrained.
 
 Each subcommand lives beside the code it drives and
 exposes ``register(subparsers)``; this module only collects them."""
@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "tscam_explain.wsol.cli",
     "tscam_explain.synth",
     "tscam_explain.bench.cli",
+    "tscam_explain.pretrained.cli",
 )
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["CLASS_NAMES", "SynthSample", "generate", "iterate", "write_dataset", "DEFAULT_SIZE", "SYNTH_MARKER",
-           "GENERATOR_VERSION"]
+           "GENERATOR_VERSION", "ensure_dataset"]
 
 #: class names, by label (the head's hue: 0°, 60°, …, 300°)
 CLASS_NAMES = ("red", "yellow", "green", "cyan", "blue", "magenta")
@@ -410,6 +410,17 @@ def write_dataset(out: PathLike, images: int, seed: int, size: int = DEFAULT_SIZ
                 "images": int(images), "size": int(size), "split": split, "classes": list(CLASS_NAMES)}
     (out / SYNTH_MARKER).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def ensure_dataset(out: PathLike, images: int, seed: int, size: int = DEFAULT_SIZE,
+                   split: Literal["train", "test"] = "test", progress: bool = False) -> Path:
+    """:func:`write_dataset`, unless ``out`` already holds a set written with the same settings."""
+    marker = Path(out) / SYNTH_MARKER
+    wanted = {"version": GENERATOR_VERSION, "seed": seed, "images": images, "size": size, "split": split}
+    current = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+    if any(current.get(key) != value for key, value in wanted.items()):
+        write_dataset(out, images, seed, size, split, progress)
+    return Path(out)
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:

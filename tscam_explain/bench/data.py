@@ -1,7 +1,6 @@
 """The bench's data: the generated benchmark (default) or any dataset the WSOL readers know."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -27,12 +26,7 @@ def synth_data(root: PathLike, images: int = 300, seed: int = 2, size: int = syn
         seed: benchmark seed (the shipped models were trained on seed 1: keep them apart).
         size: image side in pixels.
     """
-    root = Path(root)
-    marker = root / synth.SYNTH_MARKER
-    wanted = {"version": synth.GENERATOR_VERSION, "seed": seed, "images": images, "size": size, "split": "test"}
-    current = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
-    if any(current.get(key) != value for key, value in wanted.items()):
-        synth.write_dataset(root, images, seed, size, split="test")
+    root = synth.ensure_dataset(root, images, seed, size, split="test")
 
     def boxes(protocol: str, input_size: int, mean: Sequence[float], std: Sequence[float]) -> WSOLEvalDataset:
         return WSOLEvalDataset(root / "metadata" / "test", root / "images", protocol=protocol, input_size=input_size,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torchvision.transforms.functional import gaussian_blur
 
 __all__ = ["DeletionInsertion", "deletion_insertion", "energy_pointing_game", "road_scores", "ROAD_DEFAULTS",
-           "relevance_ranks"]
+           "relevance_ranks", "blur"]
 
 #: pytorch-grad-cam's defaults: MoRF at the 80th percentile, LeRF at the 20th, Combined over 10 … 90
 ROAD_DEFAULTS = {"morf_percentile": 80, "lerf_percentile": 20, "combined_percentiles": (10, 20, 30, 40, 50, 60, 70, 80, 90)}
@@ -66,16 +66,19 @@ def _trapezoid(curve: torch.Tensor) -> torch.Tensor:
     return (curve.sum(dim=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
 
 
-def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of σ pixels; the kernel (±3σ) is cut to what the image side allows."""
+def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Insertion's start images: torchvision's Gaussian blur of σ pixels (reflected borders); the
+    kernel spans ±3σ, cut to the largest odd size the image side allows."""
     side = min(images.shape[-2:])
-    kernel = min(2 * math.ceil(3 * sigma) + 1, side - 1 if side % 2 == 0 else side)
+    # reflect padding needs a half-width below the side
+    kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * side - 1)
     return gaussian_blur(images, [kernel, kernel], [sigma, sigma]) if kernel >= 3 else images.clone()
 
 
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor, *,
-                       steps: int = 16, baseline: float = 0.0, blur_sigma: float = 5.0) -> DeletionInsertion:
+                       steps: int = 16, baseline: float = 0.0, blur_sigma: float = 5.0,
+                       insertion_start: Optional[torch.Tensor] = None) -> DeletionInsertion:
     """Deletion and insertion (Petsiuk et al., RISE, BMVC 2018).
 
     Pixels are ordered by the map, most relevant first (:func:`relevance_ranks`). At step k of
@@ -92,6 +95,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
         steps: number of perturbation steps (the curves have ``steps + 1`` points).
         baseline: the value removed pixels take (0 = the dataset mean after normalisation).
         blur_sigma: σ in pixels of insertion's blurred start image.
+        insertion_start: insertion's start images instead of the blurred ones (same shape as ``images``).
     """
     if images.dim() != 4 or maps.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"maps must be (B, H, W) = {(images.shape[0], *images.shape[-2:])} for images of shape "
@@ -100,7 +104,7 @@ def deletion_insertion(model: nn.Module, images: torch.Tensor, maps: torch.Tenso
         raise ValueError(f"steps must be >= 1, got {steps}")
     batch, _, height, width = images.shape
     ranks = relevance_ranks(maps.to(images.device)).view(batch, 1, height, width)
-    blurred = _blur(images, blur_sigma)
+    blurred = blur(images, blur_sigma) if insertion_start is None else insertion_start.to(images)
     rows = torch.arange(batch, device=images.device)
     targets = targets.to(images.device)
     deletion, insertion = [], []

@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..explainers import TSCAMExplainer, list_explainers, make_explainer, upsample_maps
+from ..explainers import TSCAMExplainer, list_explainers, make_explainer, release_explainer, upsample_maps
 from ..models import backbone_of
 from ..vit import input_config
 from ..wsol import evaluate, explain_batch, maxboxacc_box, maxboxacc_scoremap, wsol_collate
@@ -201,11 +201,11 @@ class _Method:
         # Score-CAM prints a progress bar per image
         quiet = contextlib.redirect_stderr(io.StringIO()) if self.per_image else contextlib.nullcontext()
         explainer = make_explainer(self.names[0], self.model)
-        try:  # not ``with``: pytorch-grad-cam's __exit__ swallows IndexError
+        try:
             with quiet:
                 maps, logits = explain_batch(explainer, images, classes)
         finally:
-            explainer.release()
+            release_explainer(explainer)
         return {self.names[0]: maps}, logits
 
 

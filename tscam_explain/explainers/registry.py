@@ -97,3 +97,13 @@ register_explainer("tscam", TSCAMExplainer.accepts)(TSCAMExplainer)
 register_explainer("transattention", TSCAMExplainer.accepts)(TransAttentionExplainer)
 register_explainer("transcam", TSCAMExplainer.accepts)(TransCAMExplainer)
 register_explainer("trt", TRTExplainer.accepts)(TRTExplainer)
+
+
+def release_explainer(explainer: Any) -> None:
+    """Remove every hook ``explainer`` put on its model: ours (``release()``) or a pytorch-grad-cam CAM
+    (its ``activations_and_grads``, which also holds the reshape transform's hook). Use it in a
+    ``finally`` instead of a CAM's ``with``, whose ``__exit__`` swallows ``IndexError``."""
+    release = getattr(explainer, "release", None)
+    if release is None:
+        release = explainer.activations_and_grads.release
+    release()

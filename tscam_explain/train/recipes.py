@@ -176,7 +176,7 @@ _VIT_ILSVRC = replace(_TSCAM_ILSVRC, name="vit", arch="vit",
 
 # The generated benchmark (docs/synth.md): tiny ViTs from scratch, so a larger lr than fine-tuning,
 # 96 px images (the generator's default) and a crop from 108 px (TS-CAM's 256 → 224 ratio).
-_SYNTH = dict(dataset="synth", batch_size=64, lr=1e-3, img_size=96, resize_size=108, drop_path=0.0)
+_SYNTH = dict(dataset="synth", batch_size=64, lr=1e-3, img_size=96, resize_size=108)
 _TSCAM_SYNTH = replace(_TSCAM_CUB, **_SYNTH, epochs=20, lr_decay_epochs=(14, 18),
                        source="ours (docs/synth.md): tscam from scratch on the generated benchmark")
 _HEAD_SYNTH = replace(_TSCAM_SYNTH, name="tscam-head", trainable="head",
