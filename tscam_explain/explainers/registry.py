@@ -16,7 +16,7 @@ from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
 
 Accepts = Callable[[nn.Module], bool]
 
-__all__ = ["register_explainer", "list_explainers", "make_explainer", "canonical_name"]
+__all__ = ["register_explainer", "list_explainers", "make_explainer", "canonical_name", "release_explainer"]
 
 
 class _Entry(NamedTuple):
@@ -93,6 +93,7 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
                         f"Explainers that apply to it: {list_explainers(model)}")
     return entry.factory(model, **kwargs) if entry is not None else make_grad_cam(key, model, **kwargs)
 
+
 register_explainer("tscam", TSCAMExplainer.accepts)(TSCAMExplainer)
 register_explainer("transattention", TSCAMExplainer.accepts)(TransAttentionExplainer)
 register_explainer("transcam", TSCAMExplainer.accepts)(TransCAMExplainer)
@@ -100,9 +101,9 @@ register_explainer("trt", TRTExplainer.accepts)(TRTExplainer)
 
 
 def release_explainer(explainer: Any) -> None:
-    """Remove every hook ``explainer`` put on its model: ours (``release()``) or a pytorch-grad-cam CAM
-    (its ``activations_and_grads``, which also holds the reshape transform's hook). Use it in a
-    ``finally`` instead of a CAM's ``with``, whose ``__exit__`` swallows ``IndexError``."""
+    """Remove every hook ``explainer`` put on its model: ``explainer.release()`` for ours and for what
+    :func:`make_explainer` builds; for a pytorch-grad-cam CAM built directly, its ``activations_and_grads``
+    (use this in a ``finally`` rather than such a CAM's ``with``, whose ``__exit__`` swallows ``IndexError``)."""
     release = getattr(explainer, "release", None)
     if release is None:
         release = explainer.activations_and_grads.release
