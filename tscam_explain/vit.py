@@ -350,14 +350,17 @@ class CLSAttentionRecorder:
 
     def _attend(self, index: int, scale: float):
         def hook(_module: nn.Module, _inputs, keys: torch.Tensor) -> None:
-            # float32 so that bf16/fp16 autocast does not flatten the row
+            # float32 so that a bf16/fp16 model does not flatten the row, and with autocast off, which
+            # would otherwise run the float32 product below in bf16 again
             query = self._query.pop(index).float()
             keys = keys.detach().float()
-            # one matmul per head: k is a strided view into timm's qkv output, and a single batched
-            # product over (batch, heads) would first copy all of k (a forward-sized temporary);
-            # per head, the batch stride is uniform and the product reads k in place
-            logits = torch.stack([keys[:, head] @ query[:, head, :, None] for head in range(keys.shape[1])], dim=1)
-            row = (logits[..., 0] * scale).softmax(dim=-1).mean(dim=1)
+            with torch.autocast(keys.device.type, enabled=False):
+                # one matmul per head: k is a strided view into timm's qkv output, and a single batched
+                # product over (batch, heads) would first copy all of k (a forward-sized temporary);
+                # per head, the batch stride is uniform and the product reads k in place
+                logits = torch.stack([keys[:, head] @ query[:, head, :, None] for head in range(keys.shape[1])],
+                                     dim=1)
+                row = (logits[..., 0] * scale).softmax(dim=-1).mean(dim=1)
             self.rows[index] = row[:, self.num_prefix_tokens:]
 
         return hook

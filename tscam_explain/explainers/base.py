@@ -327,12 +327,12 @@ class ViTExplainer:
 
     @staticmethod
     def _finish(maps: torch.Tensor, size: Tuple[int, int], upsample: bool) -> torch.Tensor:
-        """Refuse non-finite maps; upsample and normalise them when asked."""
+        """Refuse non-finite maps; float32; upsample and normalise them when asked."""
         if not torch.isfinite(maps).all():
             raise FloatingPointError(
                 "the explanation maps contain NaN or Inf; check the model's weights and inputs"
             )
-        return upsample_maps(maps, size) if upsample else maps
+        return upsample_maps(maps, size) if upsample else maps.float()
 
     def _augmentation_smoothed(self, input_tensor: torch.Tensor, targets: Targets,
                                eigen_smooth: bool) -> torch.Tensor:

@@ -7,6 +7,7 @@ every attribute is theirs) with ``target_layers=[blocks[-1].norm1]`` and
 * the input is checked as ours are (shape, channels, empty batch, NaN) and cast to the model's dtype
   (:func:`~tscam_explain.explainers.base.cast_input`); ``.outputs`` holds float32 logits;
 * targets may be ints (``ClassifierOutputTarget`` is made for them), as for our explainers;
+* gradient methods work on a frozen model (``requires_grad_(False)``) and under ``torch.no_grad()``;
 * each call runs the model in eval mode and leaves it exactly as it was, even when it raises
   (:func:`~tscam_explain.explainers.base.preserving_model`); pytorch-grad-cam's own ``__init__`` puts the
   model in eval mode for good, and its AblationCAM leaves its ablation layer in the model on failure;
@@ -97,8 +98,11 @@ class _ViTCAM:
         """pytorch-grad-cam's call: float32 (B, H, W) maps in [0, 1]; ``targets`` may also be ints."""
         check_input(self._vit, input_tensor)
         targets = callable_targets(targets, len(input_tensor))
-        input_tensor = cast_input(self.model, input_tensor)
-        with preserving_model(self.model), dtype_policy(self.model), self._backend():
+        # an input that needs a gradient gives the target layer's output one even when every parameter is
+        # frozen or the caller is under torch.no_grad(); else pytorch-grad-cam records no gradient and fails
+        # with "IndexError: list index out of range"
+        input_tensor = cast_input(self.model, input_tensor).detach().requires_grad_(self.uses_gradients)
+        with torch.enable_grad(), preserving_model(self.model), dtype_policy(self.model), self._backend():
             maps = super().__call__(input_tensor, targets, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         # the logits without the graph of the backward pass they were part of
         self.outputs = self.outputs.detach()
