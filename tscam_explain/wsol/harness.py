@@ -32,6 +32,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..explainers.base import cast_input
 from .boxes import maxboxacc_scoremap, tscam_box, tscam_scoremap
 from .datasets import PROTOCOLS, wsol_collate
 from .metrics import (DEFAULT_IOU_THRESHOLDS, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy,
@@ -143,7 +144,7 @@ def explain_batch(explainer: Any, images: torch.Tensor, labels: torch.Tensor) ->
 
     Returns:
         ``(maps, logits)``: float32 (B, h, w) raw grid maps from ``attribute(upsample=False)`` when the
-        explainer has it, else the (B, H, W) maps of ``explainer(input_tensor, targets)``; (B, C) logits.
+        explainer has it, else the (B, H, W) maps of ``explainer(input_tensor, targets)``; (B, C) float32 logits.
     """
     targets = [ClassifierOutputTarget(int(label)) for label in labels]
     if hasattr(explainer, "attribute"):
@@ -157,7 +158,7 @@ def explain_batch(explainer: Any, images: torch.Tensor, labels: torch.Tensor) ->
     if maps.ndim != 3 or len(maps) != len(images):
         raise ValueError(f"{type(explainer).__name__} returned maps of shape {maps.shape}; expected (B, H, W) "
                          f"with B = {len(images)}")
-    return maps, logits.detach()
+    return maps, logits.detach().float()
 
 
 class _ProtocolMetrics:
@@ -261,6 +262,9 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
             :data:`PROTOCOL_DESCRIPTIONS` says each in words.
         batch_size: images per forward pass.
         device: where images go (default: the explainer's device); the model must already be there.
+            Images are cast to the model's dtype (:func:`~tscam_explain.explainers.cast_input`: a bf16 or
+            fp16 model gets bf16 / fp16 images), as the explainers themselves do; ``evaluate`` also runs
+            under ``torch.autocast``.
         num_workers: ``DataLoader`` worker processes.
         cam_threshold: the ``tscam`` / ``trt`` threshold; default from the dataset's benchmark (0.1 CUB,
             0.12 ILSVRC, for both).
@@ -311,6 +315,7 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
     metrics = _ProtocolMetrics(protocol, cam_threshold, cam_curve_interval, iou_thresholds, error_rule, has_boxes,
                                has_masks, sweep_pool)
     fixes: List[str] = []
+    model = _model_of(explainer)
     pending: Deque[Future] = deque()
     input_size: Optional[List[int]] = None
     start = time.perf_counter()
@@ -319,6 +324,8 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
                 tqdm(total=len(subset), unit="img", disable=not progress, desc=f"evaluate ({protocol})") as bar:
             for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
+                if model is not None:  # the explainers' dtype policy, for explainers that call the model as it is
+                    images = cast_input(model, images)
                 input_size = list(images.shape[-2:])
                 maps, logits = explain_batch(explainer, images, batch["label"])
                 pending.append(metric_thread.submit(metrics.update, maps, logits.cpu(), batch,
@@ -336,7 +343,6 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         metrics.sync(process_group)
     seconds = time.perf_counter() - start
 
-    model = _model_of(explainer)
     settings = {
         "protocol": protocol, "explainer": type(explainer).__name__,
         "model": type(model).__name__ if model is not None else None,
