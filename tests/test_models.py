@@ -1,12 +1,17 @@
 """The TS-CAM model, its heads and checkpoint files."""
+import io
 import os
+import pickle
+import zipfile
+from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
 from tscam_explain import TSCAM, create_tscam, load_model, save_model
-from tscam_explain.models import HEADS
+from tscam_explain.models import HEADS, model_state
 
 TINY = dict(img_size=64, patch_size=8, depth=2, embed_dim=64, num_heads=2)
 
@@ -75,3 +80,108 @@ def test_bad_checkpoint_and_arguments(tmp_path):
         create_tscam("resnet18", num_classes=3)
     with pytest.raises(TypeError, match="not a tscam-explain model"):
         save_model(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _our_record(**changes) -> dict:
+    torch.manual_seed(0)
+    record = model_state(create_tscam("deit_tiny_patch16_224", num_classes=3, img_size=32, patch_size=8, depth=1,
+                                      embed_dim=64, num_heads=1))
+    record.update(changes)
+    return record
+
+
+def _flipped(content: bytes) -> bytes:
+    """The file with 64 bytes inverted in the middle (inside a tensor's data): a damaged copy."""
+    damaged = bytearray(content)
+    middle = len(damaged) // 2
+    damaged[middle:middle + 64] = bytes(byte ^ 0xFF for byte in damaged[middle:middle + 64])
+    return bytes(damaged)
+
+
+def _vit_state() -> dict:
+    return timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, embed_dim=64, num_heads=1,
+                             num_classes=3).state_dict()
+
+
+# name → (file content, fragments of the message: what was found, what was expected)
+BAD_FILES = {
+    "empty": (lambda: b"", ["is empty (0 bytes)", "expected a complete file written by torch.save"]),
+    "truncated": (lambda: _saved(_our_record())[:3000], ["truncated or damaged", "zip directory) is missing",
+                                                        "in its 3000 bytes", "expected a complete file"]),
+    "corrupt data": (lambda: _flipped(_saved(_our_record())), ["is corrupt", "does not match the CRC-32",
+                                                               "expected a complete file"]),
+    "text": (lambda: b"model weights: none\n", ["not a torch.save file", "starts with b'model weights:'",
+                                                "expected a complete file"]),
+    "numpy file": (lambda: b"\x93NUMPY\x01\x00v\x00{'descr'", ["not a torch.save file", "NUMPY"]),
+    "another zip": (lambda: _zip_of({"weights.txt": "1 2 3"}), ["a zip archive holding ['weights.txt']",
+                                                                "expected a complete file"]),
+    "plain state dict": (lambda: _saved(_vit_state()), ["looks like a ViT classifier", "head.weight",
+                                                        "not a tscam-explain model file either"]),
+    "another architecture": (lambda: _saved(timm.create_model("resnet18", num_classes=3).state_dict()),
+                             ["none of its keys is a DeiT / TS-CAM / TRT key", "conv1.weight",
+                              "Expected official TS-CAM keys", "not a tscam-explain model file either"]),
+    "unknown architecture": (lambda: _saved(_our_record(arch="swin")), ["architecture 'swin'",
+                                                                        "expected one of ['trt', 'tscam', 'vit']"]),
+    "weights of another config": (lambda: _saved(_our_record(config=dict(_our_record()["config"], embed_dim=32))),
+                                  ["weights do not fit the 'tscam' model", "backbone.cls_token (1, 1, 64) instead of "
+                                   "(1, 1, 32)", "expected the state dict save_model stored"]),
+    "a missing weight": (lambda: _saved(_our_record(state_dict={k: v for k, v in _our_record()["state_dict"].items()
+                                                                if k != "head.conv.bias"})),
+                         ["missing head.conv.bias"]),
+    "no config": (lambda: _saved({key: value for key, value in _our_record().items() if key != "config"}),
+                  ["without a valid ['config']", "found keys ['arch', 'format', 'state_dict']",
+                   "expected format, arch, config and state_dict"]),
+    "a bad config": (lambda: _saved(_our_record(config=dict(_our_record()["config"], depth="two"))),
+                     ["does not build a 'tscam' model", "expected the factory arguments"]),
+}
+
+
+def _zip_of(entries: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in entries.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_every_kind_of_bad_model_file_gets_a_value_error_naming_it(tmp_path, case):
+    content, fragments = BAD_FILES[case]
+    path = tmp_path / "model.pt"
+    path.write_bytes(content())
+    with pytest.raises(ValueError) as refused:
+        load_model(path)
+    message = str(refused.value)
+    assert str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+class _Payload:
+    """Unpickling it would run code: create the marker directory."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "torch.save legacy", "pickle"])
+def test_a_malicious_pickle_is_refused_without_running(tmp_path, writer):
+    marker, path = tmp_path / "ran", tmp_path / "evil.pt"
+    record = {"format": "tscam-explain/model/v1", "payload": _Payload(marker)}
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(record))
+    else:
+        torch.save(record, path, _use_new_zipfile_serialization=writer == "torch.save")
+    with pytest.raises(ValueError, match="refused it|not a torch.save file") as refused:
+        load_model(path)
+    assert str(path) in str(refused.value)
+    assert not marker.exists()

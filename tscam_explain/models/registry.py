@@ -5,7 +5,7 @@ types, so :func:`load_model` rebuilds the model from the file alone with ``weigh
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, List, Union
 
 import torch
 import torch.nn as nn
@@ -53,13 +53,49 @@ def model_state(model: nn.Module) -> Dict[str, Any]:
             "state_dict": model.state_dict()}
 
 
+def _shown(keys: List[str], limit: int = 3) -> str:
+    return ", ".join(keys[:limit]) + (f" … ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _state_mismatch(expected: Dict[str, torch.Tensor], found: Dict[str, Any]) -> str:
+    """What differs between a model's state dict and a file's, in words (empty if they fit)."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    shapes = [f"{key} {tuple(found[key].shape)} instead of {tuple(value.shape)}" for key, value in expected.items()
+              if isinstance(found.get(key), torch.Tensor) and found[key].shape != value.shape]
+    parts = [f"missing {_shown(missing)}" if missing else "", f"unexpected {_shown(unexpected)}" if unexpected else "",
+             f"shapes {_shown(shapes)}" if shapes else ""]
+    return "; ".join(part for part in parts if part)
+
+
 def model_from_state(record: Dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """Rebuild a model from :func:`model_state`'s record (no download: ``pretrained=False``)."""
+    """Rebuild a model from :func:`model_state`'s record (no download: ``pretrained=False``).
+
+    Raises:
+        ValueError: the record is not a complete tscam-explain model record, names an architecture this
+            version does not know, or holds weights that do not fit the model its config describes.
+    """
     if not isinstance(record, dict) or record.get("format") != MODEL_FILE_FORMAT:
         raise ValueError(f"{source} is not a tscam-explain model file (expected format {MODEL_FILE_FORMAT!r})")
-    config = dict(record["config"])
-    config["pretrained"] = False
-    model = create_model(record["arch"], **config)
+    absent = [key for key in ("arch", "config", "state_dict") if not isinstance(record.get(key), (str, dict))]
+    if absent:
+        raise ValueError(f"{source} is a tscam-explain model file without a valid {absent} (found keys "
+                         f"{sorted(record)}); expected format, arch, config and state_dict, as save_model writes")
+    arch = record["arch"]
+    if arch not in _ARCHITECTURES:
+        raise ValueError(f"{source} holds a model of architecture {arch!r}, which this tscam-explain does not know; "
+                         f"expected one of {list_architectures()}")
+    config = dict(record["config"], pretrained=False)
+    try:
+        model = create_model(arch, **config)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{source}: its config {record['config']} does not build a {arch!r} model ({error}); "
+                         "expected the factory arguments save_model stored") from None
+    mismatch = _state_mismatch(model.state_dict(), record["state_dict"])
+    if mismatch:
+        raise ValueError(f"{source}: its weights do not fit the {arch!r} model its config describes ({mismatch}); "
+                         "expected the state dict save_model stored with that config (a file of another "
+                         "architecture, or edited?)")
     model.load_state_dict(record["state_dict"])
     return model
 
