@@ -18,3 +18,14 @@ def tiny_vit(name: str = "deit_tiny_patch16_224", num_classes: int = 10, **overr
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def expect_file_error(loader, path, *fragments: str) -> str:
+    """``loader(path)`` raises a ValueError whose message names ``path`` and holds every fragment."""
+    with pytest.raises(ValueError) as caught:
+        loader(path)
+    message = str(caught.value)
+    assert str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message

@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 
+from conftest import expect_file_error
 from tscam_explain import TRT, TSCAM, create_tscam, load_model, load_official, save_model
 from tscam_explain.explainers import TransAttentionExplainer, TRTExplainer, TSCAMExplainer
 from tscam_explain.models import OfficialCheckpoint
@@ -147,13 +148,7 @@ def test_trt_u_defaults_to_the_official_config_of_the_benchmark(tmp_path, classe
 
 
 def _expect_error(path: Path, *fragments: str, loader=load_official) -> str:
-    with pytest.raises(ValueError) as caught:
-        loader(path)
-    message = str(caught.value)
-    assert str(path) in message, message
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-    return message
+    return expect_file_error(loader, path, *fragments)
 
 
 def test_a_plain_vit_state_dict_is_refused_by_name(tmp_path):
