@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tscam_explain.wsol import (ERROR_TYPES, BoxAccuracy, ClassificationAccuracy, LocalizationAccuracy,
-                                PixelAveragePrecision, as_boxes, box_iou, classify_error, max_box_acc, paired_box_iou,
-                                pxap, resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
+from tscam_explain.wsol import (ERROR_TYPES, BoxAccuracy, ClassificationAccuracy, FixedThresholdBoxAccuracy,
+                                LocalizationAccuracy, PixelAveragePrecision, as_boxes, box_iou, classify_error,
+                                max_box_acc, paired_box_iou, pxap, resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box,
+                                tscam_scoremap)
 
 
 def test_box_iou_counts_pixels_inclusively():
@@ -84,9 +85,26 @@ def test_max_box_acc_by_hand():
     ring = np.zeros((12, 12), np.float32)
     ring[1:11, 1:11] = 1.0
     ring[4:8, 4:8] = 0.0  # hole border box [3, 3, 9, 9] (its border pixels 3..8, + w)
-    boxes = [np.array([[40, 40, 50, 50], [3, 3, 8, 8]])]
+    boxes = [np.array([[0, 0, 0, 0], [3, 3, 8, 8]])]
     assert max_box_acc(ring[None], boxes, cam_curve_interval=0.5, multi_contour=False)["per_iou"][70] == 0.0
     assert max_box_acc(ring[None], boxes, cam_curve_interval=0.5, multi_contour=True)["per_iou"][70] == 100.0
+
+
+def test_ground_truth_boxes_outside_the_map_are_refused_not_clipped():
+    scoremap = np.full((1, 10, 10), 0.2, np.float32)
+    scoremap[0, 2:6, 2:6] = 1.0
+    message = r"gt_boxes\[0\] has boxes outside the 10x10 score map: \[\[2, 2, 11, 5\]\]; expected .*\(0 … 10 for x"
+    with pytest.raises(ValueError, match=message):
+        max_box_acc(scoremap, [np.array([[2, 2, 11, 5], [0, 0, 3, 3]])])
+    with pytest.raises(ValueError, match=r"gt_boxes\[1\] has boxes outside the 10x10 score map: \[\[0, 0, 4, 12\]\]"):
+        BoxAccuracy().update(np.concatenate([scoremap, scoremap]), [torch.tensor([[0, 0, 3, 3]]),
+                                                                     torch.tensor([[0, 0, 4, 12]])])
+    with pytest.raises(ValueError, match="outside the 10x10 score map"):
+        FixedThresholdBoxAccuracy(0.1).update(np.zeros((1, 10, 10), np.uint8), [np.array([[0, 0, 30, 30]])])
+    # one past the last pixel (wsolevaluation's unclipped resize of a box that ends at the image's edge) is
+    # scored as it is: at t = 0 the box [0, 0, 9, 9] has IoU 100 / 121 with it, below 0.9; clipped it would be 1
+    result = max_box_acc(scoremap, [np.array([[0, 0, 10, 10]])], cam_curve_interval=0.5, iou_thresholds=(80, 90))
+    assert result["curves"] == {80: [100.0, 0.0], 90: [0.0, 0.0]}
 
 
 def test_box_accuracy_rejects_images_without_boxes():

@@ -121,17 +121,26 @@ def _box_accuracy_result(correct: np.ndarray, num_images: int, thresholds: np.nd
     }
 
 
-def _checked_gt_boxes(gt_boxes: Sequence[Any]) -> List[np.ndarray]:
-    """Per image, int64 (k, 4) ground-truth boxes, k >= 1, non-negative, not inverted.
+def _checked_gt_boxes(gt_boxes: Sequence[Any], size: Tuple[int, int]) -> List[np.ndarray]:
+    """Per image, int64 (k, 4) ground-truth boxes, k >= 1, not inverted, inside the (H, W) score map.
+
+    Inside means 0 <= x <= W and 0 <= y <= H: the boxes are in the map's own pixel coordinates (the protocol
+    resizes them to it). One past the last pixel is accepted: wsolevaluation's unclipped resize
+    ``int(x * W / width)`` gives ``W`` for a box that ends at the image's edge, and scores it as it is.
+    Farther out is refused, not clipped: such a box is in another coordinate frame (e.g. the original
+    image's), and clipping it would score the wrong box silently. (The dataset readers resize and clip
+    boxes that stick out of their image by at most 2 % and report each fix.)
 
     The usual input (integer (k, 4) arrays) is checked in one pass over all images; anything else,
     or a failed check, goes through :func:`as_boxes` image by image for a precise error.
     """
+    height, width = size
     arrays = [_as_numpy(boxes, "gt_boxes") if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
               for boxes in gt_boxes]
     if arrays and all(a.ndim == 2 and a.shape[1] == 4 and len(a) and a.dtype.kind in "iu" for a in arrays):
         flat = np.concatenate(arrays)
-        if flat.min() >= 0 and (flat[:, 2] >= flat[:, 0]).all() and (flat[:, 3] >= flat[:, 1]).all():
+        if (flat.min() >= 0 and (flat[:, 2] >= flat[:, 0]).all() and (flat[:, 3] >= flat[:, 1]).all()
+                and flat[:, 2].max() <= width and flat[:, 3].max() <= height):
             return [a.astype(np.int64, copy=False) for a in arrays]
     checked_sets = []
     for index, boxes in enumerate(arrays):
@@ -140,6 +149,11 @@ def _checked_gt_boxes(gt_boxes: Sequence[Any]) -> List[np.ndarray]:
             raise ValueError(f"image {index} of the batch has no ground-truth box; box metrics need at least one")
         if np.any(checked < 0):
             raise ValueError(f"gt_boxes[{index}] has negative coordinates: {checked.tolist()}")
+        outside = checked[(checked[:, 2] > width) | (checked[:, 3] > height)]
+        if len(outside):
+            raise ValueError(f"gt_boxes[{index}] has boxes outside the {width}x{height} score map: "
+                             f"{outside.tolist()}; expected x0, y0, x1, y1 in the map's pixels (0 … {width} for x, "
+                             f"0 … {height} for y): resize the boxes to the map first, as the dataset readers do")
         checked_sets.append(checked)
     return checked_sets
 
@@ -188,12 +202,13 @@ class BoxAccuracy(MetricAccumulator):
 
         Args:
             scoremaps: float (B, H, W) maps in [0, 1] (numpy or tensor), normalised as the protocol says.
-            gt_boxes: per image, (k, 4) inclusive ``x0, y0, x1, y1`` ground-truth boxes, k >= 1.
+            gt_boxes: per image, (k, 4) inclusive ``x0, y0, x1, y1`` ground-truth boxes in the map's pixels,
+                k >= 1. A box outside the map (x1 > W or y1 > H) raises ``ValueError``: it is not clipped.
         """
         maps = scoremaps_to_uint8(_as_numpy(scoremaps, "scoremaps"))
         if len(gt_boxes) != len(maps):
             raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps)} score maps")
-        largest, every = self._sweep(maps, _checked_gt_boxes(gt_boxes))
+        largest, every = self._sweep(maps, _checked_gt_boxes(gt_boxes, maps.shape[1:]))
         limits = np.array(self.iou_thresholds, dtype=np.float64)[:, None, None] / 100
         if largest is not None:
             self.correct_largest += (largest[None] >= limits).sum(axis=1)
@@ -241,7 +256,8 @@ def max_box_acc(scoremaps: Any, gt_boxes: Sequence[Any], *, multi_contour: bool 
 
     Args:
         scoremaps: float (N, H, W) maps in [0, 1].
-        gt_boxes: per image, an int (k, 4) array of inclusive ``x0, y0, x1, y1`` boxes.
+        gt_boxes: per image, an int (k, 4) array of inclusive ``x0, y0, x1, y1`` boxes in the map's pixels;
+            a box outside the map (x1 > W or y1 > H) raises ``ValueError`` (it is not clipped).
         multi_contour: ``False``: the largest contour's box (MaxBoxAcc is ``per_iou[50]``);
             ``True``: every contour's box (MaxBoxAccV2 is ``mean``).
         cam_curve_interval: spacing of the thresholds ``np.arange(0, 1, interval)``.
@@ -308,7 +324,7 @@ class FixedThresholdBoxAccuracy(MetricAccumulator):
             raise ValueError(f"maps_u8 must be uint8 (B, H, W); got {maps_u8.dtype} with shape {maps_u8.shape}")
         if len(gt_boxes) != len(maps_u8):
             raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps_u8)} score maps")
-        first_boxes = [boxes[:1] for boxes in _checked_gt_boxes(gt_boxes)]
+        first_boxes = [boxes[:1] for boxes in _checked_gt_boxes(gt_boxes, maps_u8.shape[1:])]
         scores = sweep_box_ious(maps_u8, first_boxes, np.array([self.cam_threshold]), largest=False,
                                 all_contours=True).all_contours[:, 0]
         self.correct += (scores[None] >= np.array(self.iou_thresholds)[:, None] / 100).sum(axis=1)
