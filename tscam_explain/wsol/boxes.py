@@ -167,6 +167,23 @@ def largest_contour_rect(binary: np.ndarray) -> Tuple[int, int, int, int] | None
     return cv2.boundingRect(max(contours, key=cv2.contourArea))
 
 
+def maxboxacc_boxes(rects: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """wsolevaluation's boxes from ``cv2.boundingRect`` rectangles: ``[x, y, x + w, y + h]`` with the
+    right and bottom edges clipped to ``W - 1``, ``H - 1``.
+
+    Args:
+        rects: int (n, 4) ``x, y, w, h``.
+        size: ``(H, W)`` of the map.
+
+    Returns:
+        int64 (n, 4) boxes.
+    """
+    rects = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+    height, width = size
+    return np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], width - 1),
+                     np.minimum(rects[:, 1] + rects[:, 3], height - 1)], axis=1)
+
+
 def tscam_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """The seeds' map pipeline: bilinear resize, min-max normalise, ``× 255`` truncated to uint8.
 
