@@ -6,21 +6,23 @@ Streaming accumulators: :class:`BoxAccuracy`, :class:`PixelAveragePrecision`,
 :class:`ILSVRCXMLDataset`, :class:`ILSVRCListDataset`, :class:`WSOLEvalDataset`. The harness:
 :func:`evaluate`. See ``docs/wsol.md``.
 """
-from .boxes import (as_boxes, box_iou, box_overlaps, largest_contour_rect, maxboxacc_scoremap, normalize_scoremap,
-                    paired_box_iou, resize_boxes_maxboxacc, resize_boxes_tscam, tscam_box, tscam_scoremap)
+from .boxes import (as_boxes, box_iou, box_overlaps, largest_contour_rect, maxboxacc_boxes, maxboxacc_scoremap,
+                    maxboxacc_scoremaps, normalize_scoremap, paired_box_iou, resize_boxes_maxboxacc, resize_boxes_tscam,
+                    tscam_box, tscam_scoremap)
 from .datasets import (CUBDataset, DatasetFormatError, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset,
                        WSOLEvalDataset, wsol_collate)
 from .harness import TSCAM_CAM_THRESHOLDS, EvaluationReport, evaluate, explain_batch, package_versions
 from .metrics import (ERROR_TYPES, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy, LocalizationAccuracy,
                       MetricAccumulator, PixelAveragePrecision, cam_thresholds, classify_error, max_box_acc, pxap)
-from .sweep import SweepIoUs, scoremaps_to_uint8, sweep_box_ious
+from .sweep import SweepIoUs, per_threshold_box_ious, scoremaps_to_uint8, sweep_box_ious
 
 __all__ = [
-    "as_boxes", "box_iou", "box_overlaps", "largest_contour_rect", "maxboxacc_scoremap", "normalize_scoremap",
-    "paired_box_iou", "resize_boxes_maxboxacc", "resize_boxes_tscam", "tscam_box", "tscam_scoremap",
+    "as_boxes", "box_iou", "box_overlaps", "largest_contour_rect", "maxboxacc_boxes", "maxboxacc_scoremap",
+    "maxboxacc_scoremaps", "normalize_scoremap", "paired_box_iou", "resize_boxes_maxboxacc", "resize_boxes_tscam",
+    "tscam_box", "tscam_scoremap",
     "ERROR_TYPES", "GT_KNOWN_CURVE_IOUS", "BoxAccuracy", "ClassificationAccuracy", "LocalizationAccuracy",
     "MetricAccumulator", "PixelAveragePrecision", "cam_thresholds", "classify_error", "max_box_acc", "pxap",
-    "SweepIoUs", "scoremaps_to_uint8", "sweep_box_ious",
+    "SweepIoUs", "per_threshold_box_ious", "scoremaps_to_uint8", "sweep_box_ious",
     "CUBDataset", "DatasetFormatError", "ILSVRCListDataset", "ILSVRCXMLDataset", "WSOLDataset", "WSOLEvalDataset",
     "wsol_collate", "TSCAM_CAM_THRESHOLDS", "EvaluationReport", "evaluate", "explain_batch", "package_versions",
 ]
