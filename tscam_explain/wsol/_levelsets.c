@@ -51,10 +51,13 @@ static const int ring_dx[8] = {-1, 0, 1, 1, 1, 0, -1, -1};
  *                held 2 or 3 pixels gain 1 each;
  * run_heads:     ring positions of one neighbour per circular run of present neighbours (up to 4,
  *                -1 after the last); neighbours within a run touch each other, so they are already
- *                one set, and only run heads need a union. */
+ *                one set, and only run heads need a union;
+ * heads_beside_left: the same without the run that holds the left neighbour, whose set is known when
+ *                it joined just before (the next pixel of a row in the same band). */
 static int8_t euler4_change[256];
 static int8_t area2_change[256];
 static int8_t run_heads[256][4];
+static int8_t heads_beside_left[256][4];
 
 static int quad_euler4(int count, int diagonal) {
     return count == 1 ? 1 : count == 3 ? -1 : (count == 2 && diagonal) ? -2 : 0;
@@ -81,6 +84,13 @@ static void build_tables(void) {
         for (int i = 0; i < 8; i++)
             if (present[i] && !present[(i + 7) % 8]) run_heads[code][count++] = (int8_t)i;
         if (code == 255) run_heads[code][0] = 0; /* one run all around */
+        memset(heads_beside_left[code], -1, sizeof(heads_beside_left[code]));
+        if (present[7] && code != 255) {
+            int head = 7; /* the left neighbour's run starts after the first absent neighbour back from it */
+            while (present[(head + 7) % 8]) head = (head + 7) % 8;
+            for (int i = 0, k = 0; i < 4 && run_heads[code][i] >= 0; i++)
+                if (run_heads[code][i] != head) heads_beside_left[code][k++] = run_heads[code][i];
+        }
     }
 }
 
@@ -126,10 +136,11 @@ static PyObject *records_bytes(const Records *records) {
 
 /* What a set's root carries; one struct, so that updating a root touches one cache line. */
 typedef struct {
-    int32_t box[4];  /* x0, y0, x1, y1 */
-    int32_t first;   /* the set's first pixel in raster order (padded index) */
-    int32_t slot;    /* position in the live list */
-    int64_t area2;   /* 2 x n4 + n3 (see the header) */
+    int32_t box[4]; /* x0, y0, x1, y1 */
+    int32_t first;  /* the set's first pixel in raster order (padded index) */
+    int32_t slot;   /* position in the live list */
+    int32_t area2;  /* 2 x n4 + n3 over the set's windows (see the header); at most 2 (H - 1)(W - 1) < 2^31 */
+    int32_t euler4; /* 4 x (1 - holes) for a component */
 } SetInfo;
 
 /* Disjoint sets over the padded pixel grid; the live roots (every root but the outside one) are kept
@@ -173,6 +184,7 @@ static int32_t merge_roots(Forest *forest, int32_t keep, int32_t gone) {
         if (g->box[3] > k->box[3]) k->box[3] = g->box[3];
         if (g->first < k->first) k->first = g->first;
         k->area2 += g->area2;
+        k->euler4 += g->euler4;
     }
     return keep;
 }
@@ -184,11 +196,12 @@ static inline void new_set(Forest *forest, int32_t p, int32_t x, int32_t y) {
     s->box[1] = s->box[3] = y;
     s->first = p;
     s->area2 = 0;
+    s->euler4 = 4;
     s->slot = (int32_t)forest->n_live;
     forest->live[forest->n_live++] = p;
 }
 
-static inline void add_to_set(Forest *forest, int32_t p, int32_t root, int32_t x, int32_t y, int area2) {
+static inline void add_to_set(Forest *forest, int32_t p, int32_t root, int32_t x, int32_t y, int area2, int euler4) {
     forest->parent[p] = root;
     if (root == forest->outside) return;
     SetInfo *s = &forest->set[root];
@@ -198,6 +211,7 @@ static inline void add_to_set(Forest *forest, int32_t p, int32_t root, int32_t x
     if (y > s->box[3]) s->box[3] = y;
     if (p < s->first) s->first = p;
     s->area2 += area2;
+    s->euler4 += euler4;
 }
 
 static int record_live(const Forest *forest, Records *records, int32_t column) {
@@ -206,13 +220,23 @@ static int record_live(const Forest *forest, Records *records, int32_t column) {
     return 0;
 }
 
-/* The box of the live set with the largest area, ties to the last first pixel; 0 if none is live. */
+/* The box of the live component whose outer contour has the largest area, ties to the last first
+ * pixel: returns 1, or 0 when none is live, or -1 when holes leave it open.  A component's area2
+ * is its filled area (exact) without holes, a lower bound with them (filling adds windows); with
+ * them, its filled area is at most that of the rectangle through its box's corner pixels.  The set
+ * of the largest lower bound wins if it beats every other set's upper bound. */
 static int largest_live(const Forest *forest, int32_t box[4]) {
     if (!forest->n_live) return 0;
     const SetInfo *best = &forest->set[forest->live[0]];
     for (Py_ssize_t i = 1; i < forest->n_live; i++) {
         const SetInfo *s = &forest->set[forest->live[i]];
         if (s->area2 > best->area2 || (s->area2 == best->area2 && s->first > best->first)) best = s;
+    }
+    for (Py_ssize_t i = 0; i < forest->n_live; i++) {
+        const SetInfo *s = &forest->set[forest->live[i]];
+        const int64_t upper = s->euler4 == 4 ? s->area2
+                                             : 2 * (int64_t)(s->box[2] - s->box[0]) * (s->box[3] - s->box[1]);
+        if (s != best && (upper > best->area2 || (upper == best->area2 && s->first > best->first))) return -1;
     }
     memcpy(box, best->box, 4 * sizeof(int32_t));
     return 1;
@@ -229,31 +253,49 @@ typedef struct {
 } Pixels;
 
 /* The distinct cuts of one image (increasing), the first threshold column of each, the number of
- * holes of each level, and its largest contour's box (with a flag: found). */
+ * holes of each level, and its largest contour: box and status (largest_live's return value). */
 typedef struct {
     int32_t *cuts, *columns, *largest;
     Py_ssize_t *holes;
     Py_ssize_t count;
 } Levels;
 
+/* The pixel joined last and its root (which stays a root until the next join). */
+typedef struct {
+    int32_t pixel, root;
+} Last;
+
 /* Joins foreground pixel p (8-connected) to its present neighbours' sets; returns its Euler change. */
 static inline int join_foreground(Forest *forest, int32_t p, int32_t x, int32_t y, Py_ssize_t row,
-                                  const int32_t ring[8]) {
+                                  const int32_t ring[8], Last *last) {
     uint8_t *in = forest->in;
     const unsigned code = three_flags(in + p - row - 1) | (unsigned)in[p + 1] << 3 |
                           three_flags(in + p + row - 1) << 4 | (unsigned)in[p - 1] << 7;
     in[p] = 1;
-    const int8_t *heads = run_heads[code];
-    if (heads[0] < 0) {
-        new_set(forest, p, x, y);
+    int32_t root;
+    const int8_t *heads;
+    int i;
+    if (p == last->pixel + 1) { /* the left neighbour joined just before: its set is known */
+        root = last->root;
+        heads = heads_beside_left[code];
+        i = 0;
     } else {
-        int32_t root = find_root(forest->parent, p + ring[heads[0]]);
-        for (int i = 1; i < 4 && heads[i] >= 0; i++) {
-            int32_t other = find_root(forest->parent, p + ring[heads[i]]);
-            if (other != root) root = merge_roots(forest, root, other);
+        heads = run_heads[code];
+        if (heads[0] < 0) {
+            new_set(forest, p, x, y);
+            last->pixel = last->root = p;
+            return euler4_change[code];
         }
-        add_to_set(forest, p, root, x, y, area2_change[code]);
+        root = find_root(forest->parent, p + ring[heads[0]]);
+        i = 1;
     }
+    for (; i < 4 && heads[i] >= 0; i++) {
+        int32_t other = find_root(forest->parent, p + ring[heads[i]]);
+        if (other != root) root = merge_roots(forest, root, other);
+    }
+    add_to_set(forest, p, root, x, y, area2_change[code], euler4_change[code]);
+    last->pixel = p;
+    last->root = root;
     return euler4_change[code];
 }
 
@@ -262,24 +304,24 @@ static void ring_offsets(int32_t ring[8], Py_ssize_t row) {
 }
 
 /* Components of u > c for every cut, and the number of holes of each level; with `records`, every
- * component's box; with `largest`, the largest contour of the levels without holes. */
+ * component's box; with `largest`, the largest contour where largest_live can tell. */
 static int sweep_components(Forest *forest, Records *records, const Pixels *pixels, Levels *levels, int largest) {
     const Py_ssize_t row = pixels->padded_width;
     int32_t ring[8];
     ring_offsets(ring, row);
     int64_t euler4 = 0;
+    Last last = {-2, -1};
     for (Py_ssize_t band = levels->count; band >= 1; band--) {
         const Py_ssize_t end = pixels->band_start[band + 1];
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
             const int32_t p = pixels->order[2 * k], xy = pixels->order[2 * k + 1];
-            euler4 += join_foreground(forest, p, xy & 0xffff, xy >> 16, row, ring);
+            euler4 += join_foreground(forest, p, xy & 0xffff, xy >> 16, row, ring, &last);
         }
         /* bands `band` and up are in: that is level band - 1 */
         const Py_ssize_t level = band - 1;
         levels->holes[level] = forest->n_live - (Py_ssize_t)(euler4 / 4);
         if (records && record_live(forest, records, levels->columns[level])) return -1;
-        if (largest && !levels->holes[level])
-            levels->largest[5 * level + 4] = largest_live(forest, levels->largest + 5 * level);
+        if (largest) levels->largest[5 * level + 4] = largest_live(forest, levels->largest + 5 * level);
     }
     return 0;
 }
@@ -313,7 +355,7 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
                 int32_t other = find_root(forest->parent, p + touching[code][i]);
                 if (other != root) root = merge_roots(forest, root, other);
             }
-            add_to_set(forest, p, root, xy & 0xffff, xy >> 16, 0);
+            add_to_set(forest, p, root, xy & 0xffff, xy >> 16, 0, 0);
         }
         if (levels->holes[band] && record_live(forest, records, levels->columns[band])) return -1;
     }
@@ -363,26 +405,29 @@ static void fill_holes(const Pixels *pixels, const uint8_t *values, Py_ssize_t h
     }
 }
 
-/* The largest contour of the levels with holes (first .. last): components of the filled mask, that
- * is of the pixels in band order with the filled ones moved up to their filled band. */
-static void sweep_filled(Forest *forest, const Pixels *pixels, Levels *levels, Py_ssize_t first,
+/* The largest contour of the levels left open (status -1, `open` the lowest of them): components of
+ * the filled mask, that is of the pixels in band order with the filled ones moved up to their filled
+ * band. */
+static void sweep_filled(Forest *forest, const Pixels *pixels, Levels *levels, Py_ssize_t open,
                          const int32_t *link, const int32_t *filled_head) {
     const Py_ssize_t row = pixels->padded_width;
     int32_t ring[8];
     ring_offsets(ring, row);
     const uint8_t *in = forest->in;
-    for (Py_ssize_t band = levels->count; band > first; band--) {
+    Last last = {-2, -1};
+    for (Py_ssize_t band = levels->count; band > open; band--) {
         for (int32_t p = filled_head[band], next; p >= 0; p = next) {
             next = link[p];
-            join_foreground(forest, p, (int32_t)(p % row - 1), (int32_t)(p / row - 1), row, ring);
+            join_foreground(forest, p, (int32_t)(p % row - 1), (int32_t)(p / row - 1), row, ring, &last);
         }
         const Py_ssize_t end = pixels->band_start[band + 1];
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
             const int32_t p = pixels->order[2 * k], xy = pixels->order[2 * k + 1];
-            if (!in[p]) join_foreground(forest, p, xy & 0xffff, xy >> 16, row, ring);
+            if (!in[p]) join_foreground(forest, p, xy & 0xffff, xy >> 16, row, ring, &last);
         }
         const Py_ssize_t level = band - 1;
-        if (levels->holes[level]) levels->largest[5 * level + 4] = largest_live(forest, levels->largest + 5 * level);
+        if (levels->largest[5 * level + 4] < 0)
+            levels->largest[5 * level + 4] = largest_live(forest, levels->largest + 5 * level);
     }
 }
 
@@ -445,18 +490,18 @@ static int image_boxes(Space *space, const uint8_t *values, Py_ssize_t height, P
     memset(levels->largest, 0, (size_t)levels->count * 5 * sizeof(int32_t));
     reset_forest(forest, height, width, 0);
     if (sweep_components(forest, all_contours ? components : NULL, &space->pixels, levels, largest)) return -1;
-    Py_ssize_t first = 0, last = levels->count - 1; /* the lowest and highest levels with holes */
+    Py_ssize_t last = levels->count - 1, open = 0; /* the highest level with holes, the lowest left open */
     while (last >= 0 && !levels->holes[last]) last--;
-    while (first <= last && !levels->holes[first]) first++;
     if (all_contours && last >= 0) {
         reset_forest(forest, height, width, 1);
         if (sweep_holes(forest, holes, &space->pixels, levels, last)) return -1;
     }
-    if (largest && last >= 0) {
+    while (largest && open < levels->count && levels->largest[5 * open + 4] >= 0) open++;
+    if (largest && open < levels->count) {
         fill_holes(&space->pixels, values, height, width, last, forest->in, space->own, space->link,
                    space->filled_head);
         reset_forest(forest, height, width, 0);
-        sweep_filled(forest, &space->pixels, levels, first, space->link, space->filled_head);
+        sweep_filled(forest, &space->pixels, levels, open, space->link, space->filled_head);
     }
     if (largest)
         for (Py_ssize_t level = 0; level < levels->count; level++)
