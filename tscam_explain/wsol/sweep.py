@@ -16,7 +16,7 @@ Two engines give identical IoUs:
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -163,32 +163,25 @@ def _compiled_box_ious(maps_u8: np.ndarray, gt_boxes: Sequence[np.ndarray], thre
     best_largest = np.full((count, n_thresholds), -np.inf) if largest else None
     best_all = np.full((count, n_thresholds), -np.inf) if all_contours else None
 
-    def raise_best(raw: bytes, grow: int, start: int, best: np.ndarray) -> None:
-        """Raise ``best`` at each record's (image, column) to the IoU of its box, grown by ``grow``."""
-        records = np.frombuffer(raw, dtype=np.int32).reshape(-1, 6).astype(np.int64)
-        if not len(records):
-            return
+    def raise_best(best: np.ndarray, start: int, *parts: Tuple[bytes, int]) -> None:
+        """Raise ``best`` at each record's (image, column) to the IoU of its box, grown by its part's grow."""
+        records = [np.frombuffer(raw, dtype=np.int32).reshape(-1, 6) for raw, _ in parts]
+        grow = np.repeat([grow for _, grow in parts], [len(part) for part in records])
+        records = np.concatenate(records).astype(np.int64)
         image = records[:, 0] + start
         x0, y0, x1, y1 = records[:, 2:].T
         rects = np.stack([x0 - grow, y0 - grow, x1 - x0 + 1 + 2 * grow, y1 - y0 + 1 + 2 * grow], axis=1)
-        boxes = maxboxacc_boxes(rects, (height, width))
-        ious = paired_box_iou(boxes, gt[image, 0])
-        for column in range(1, most):
-            np.maximum(ious, paired_box_iou(boxes, gt[image, column]), out=ious)
-        # one (image, level) group of records after another: the best of each group at once
-        key = image * n_thresholds + records[:, 1]
-        group = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-        best.flat[key[group]] = np.maximum(best.flat[key[group]], np.maximum.reduceat(ious, group))
+        ious = paired_box_iou(maxboxacc_boxes(rects, (height, width))[:, None], gt[image]).max(axis=1)
+        np.maximum.at(best, (image, records[:, 1]), ious)
 
     for start in range(0, count, _COMPILED_CHUNK):
         stop = min(start + _COMPILED_CHUNK, count)
         components, holes, largest_boxes = _levelsets.level_boxes(maps_u8[start:stop], cuts[start:stop],
                                                                   all_contours=all_contours, largest=largest)
         if all_contours:
-            raise_best(components, 0, start, best_all)
-            raise_best(holes, 1, start, best_all)
+            raise_best(best_all, start, (components, 0), (holes, 1))
         if largest:
-            raise_best(largest_boxes, 0, start, best_largest)
+            raise_best(best_largest, start, (largest_boxes, 0))
 
     # thresholds sharing a cut share its level (reported at its first column); a level without
     # foreground gets the empty box
