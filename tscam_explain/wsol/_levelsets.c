@@ -326,7 +326,8 @@ static int sweep_components(Forest *forest, Records *records, const Pixels *pixe
     return 0;
 }
 
-/* Holes of u > c for the cuts up to the highest one with holes. */
+/* Holes of u > c for the cuts up to the highest one with holes.  At a level without holes all of
+ * u <= c reaches the border: the band's pixels and every set so far join the outside without finds. */
 static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, const Levels *levels,
                        Py_ssize_t last) {
     const int32_t row = (int32_t)pixels->padded_width, four[4] = {-row, 1, row, -1};
@@ -338,8 +339,19 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
             if (code >> i & 1) touching[code][touching_count[code]++] = four[i];
     }
     uint8_t *in = forest->in;
+    int32_t *parent = forest->parent;
     for (Py_ssize_t band = 0; band <= last; band++) {
         const Py_ssize_t end = pixels->band_start[band + 1];
+        if (!levels->holes[band]) {
+            for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
+                const int32_t p = pixels->order[2 * k];
+                in[p] = 1;
+                parent[p] = forest->outside;
+            }
+            for (Py_ssize_t i = 0; i < forest->n_live; i++) parent[forest->live[i]] = forest->outside;
+            forest->n_live = 0;
+            continue;
+        }
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
             const int32_t p = pixels->order[2 * k], xy = pixels->order[2 * k + 1];
             const unsigned code = (unsigned)in[p - row] | (unsigned)in[p + 1] << 1 | (unsigned)in[p + row] << 2 |
