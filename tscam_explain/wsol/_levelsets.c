@@ -50,14 +50,14 @@ static const int ring_dx[8] = {-1, 0, 1, 1, 1, 0, -1, -1};
  * area2_change:  the change of 2 x n4 + n3 (twice the contour area, see the header): windows that
  *                held 2 or 3 pixels gain 1 each;
  * run_heads:     ring positions of one neighbour per circular run of present neighbours (up to 4,
- *                -1 after the last); neighbours within a run touch each other, so they are already
+ *                then -1); neighbours within a run touch each other, so they are already
  *                one set, and only run heads need a union;
  * heads_beside_left: the same without the run that holds the left neighbour, whose set is known when
  *                it joined just before (the next pixel of a row in the same band). */
 static int8_t euler4_change[256];
 static int8_t area2_change[256];
-static int8_t run_heads[256][4];
-static int8_t heads_beside_left[256][4];
+static int8_t run_heads[256][5];
+static int8_t heads_beside_left[256][5];
 
 static int quad_euler4(int count, int diagonal) {
     return count == 1 ? 1 : count == 3 ? -1 : (count == 2 && diagonal) ? -2 : 0;
@@ -88,7 +88,7 @@ static void build_tables(void) {
         if (present[7] && code != 255) {
             int head = 7; /* the left neighbour's run starts after the first absent neighbour back from it */
             while (present[(head + 7) % 8]) head = (head + 7) % 8;
-            for (int i = 0, k = 0; i < 4 && run_heads[code][i] >= 0; i++)
+            for (int i = 0, k = 0; run_heads[code][i] >= 0; i++)
                 if (run_heads[code][i] != head) heads_beside_left[code][k++] = run_heads[code][i];
         }
     }
@@ -265,6 +265,16 @@ typedef struct {
     int32_t pixel, root;
 } Last;
 
+/* Merges root's set with the sets of the neighbours at the ring positions `heads` (up to -1); returns
+ * the surviving root. */
+static inline int32_t join_heads(Forest *forest, int32_t root, int32_t p, const int8_t *heads, const int32_t ring[8]) {
+    for (; *heads >= 0; heads++) {
+        const int32_t other = find_root(forest->parent, p + ring[*heads]);
+        if (other != root) root = merge_roots(forest, root, other);
+    }
+    return root;
+}
+
 /* Joins foreground pixel p (8-connected) to its present neighbours' sets; returns its Euler change. */
 static inline int join_foreground(Forest *forest, int32_t p, int32_t x, int32_t y, Py_ssize_t row,
                                   const int32_t ring[8], Last *last) {
@@ -273,27 +283,23 @@ static inline int join_foreground(Forest *forest, int32_t p, int32_t x, int32_t 
                           three_flags(in + p + row - 1) << 4 | (unsigned)in[p - 1] << 7;
     in[p] = 1;
     int32_t root;
-    const int8_t *heads;
-    int i;
-    if (p == last->pixel + 1) { /* the left neighbour joined just before: its set is known */
-        root = last->root;
-        heads = heads_beside_left[code];
-        i = 0;
+    if (p == last->pixel + 1) {
+        /* the next pixel of a row in the same band: its left neighbour's set is known, and only the
+         * right edge of that set's box can move (the left neighbour is on the same row, earlier) */
+        root = join_heads(forest, last->root, p, heads_beside_left[code], ring);
+        SetInfo *s = &forest->set[root];
+        forest->parent[p] = root;
+        if (x > s->box[2]) s->box[2] = x;
+        s->area2 += area2_change[code];
+        s->euler4 += euler4_change[code];
+    } else if (run_heads[code][0] < 0) {
+        new_set(forest, p, x, y);
+        root = p;
     } else {
-        heads = run_heads[code];
-        if (heads[0] < 0) {
-            new_set(forest, p, x, y);
-            last->pixel = last->root = p;
-            return euler4_change[code];
-        }
-        root = find_root(forest->parent, p + ring[heads[0]]);
-        i = 1;
+        const int8_t *heads = run_heads[code];
+        root = join_heads(forest, find_root(forest->parent, p + ring[heads[0]]), p, heads + 1, ring);
+        add_to_set(forest, p, root, x, y, area2_change[code], euler4_change[code]);
     }
-    for (; i < 4 && heads[i] >= 0; i++) {
-        int32_t other = find_root(forest->parent, p + ring[heads[i]]);
-        if (other != root) root = merge_roots(forest, root, other);
-    }
-    add_to_set(forest, p, root, x, y, area2_change[code], euler4_change[code]);
     last->pixel = p;
     last->root = root;
     return euler4_change[code];
@@ -443,26 +449,50 @@ static void sweep_filled(Forest *forest, const Pixels *pixels, Levels *levels, P
     }
 }
 
-/* Counting sort of one image's pixels by band (see Pixels). */
+/* Counting sort of one image's pixels by band (see Pixels).  Neighbours along a row often share a
+ * band, and each count or write position would wait for the previous one: the rows are cut into four
+ * strips with counters of their own, visited in turn pixel by pixel (four independent chains).  Within
+ * a band, one strip's pixels come before the next strip's: still raster order. */
+enum { STRIPS = 4 };
+
 static void sort_pixels(Pixels *pixels, const uint8_t *values, Py_ssize_t height, Py_ssize_t width,
                         const Levels *levels) {
-    const Py_ssize_t n_pixels = height * width, padded_width = pixels->padded_width;
+    const Py_ssize_t padded_width = pixels->padded_width;
+    const Py_ssize_t strip_rows = height / STRIPS; /* strip q: rows from q x strip_rows, the last one to the end */
     uint16_t *band_of_value = pixels->band_of_value;
-    Py_ssize_t *start = pixels->band_start, fill[257];
     for (int v = 0, band = 0; v < 256; v++) {
         while (band < levels->count && levels->cuts[band] < v) band++;
         band_of_value[v] = (uint16_t)band;
     }
-    memset(start, 0, sizeof(pixels->band_start));
-    for (Py_ssize_t i = 0; i < n_pixels; i++) start[band_of_value[values[i]] + 1]++;
-    for (Py_ssize_t b = 0; b <= levels->count; b++) start[b + 1] += start[b];
-    memcpy(fill, start, sizeof(fill));
-    for (Py_ssize_t y = 0; y < height; y++)
-        for (Py_ssize_t x = 0; x < width; x++) {
-            Py_ssize_t k = fill[band_of_value[values[y * width + x]]]++;
-            pixels->order[2 * k] = (int32_t)((y + 1) * padded_width + x + 1);
-            pixels->order[2 * k + 1] = (int32_t)(y << 16 | x);
+#define BAND(y, x) band_of_value[values[(y) * width + (x)]]
+    Py_ssize_t fill[STRIPS][258] = {{0}}, total = 0;
+    for (Py_ssize_t r = 0; r < strip_rows; r++)
+        for (Py_ssize_t x = 0; x < width; x++)
+            for (int q = 0; q < STRIPS; q++) fill[q][BAND(q * strip_rows + r, x)]++;
+    for (Py_ssize_t y = STRIPS * strip_rows; y < height; y++)
+        for (Py_ssize_t x = 0; x < width; x++) fill[STRIPS - 1][BAND(y, x)]++;
+    for (Py_ssize_t b = 0; b <= levels->count; b++) { /* counts to first positions */
+        pixels->band_start[b] = total;
+        for (int q = 0; q < STRIPS; q++) {
+            const Py_ssize_t count = fill[q][b];
+            fill[q][b] = total;
+            total += count;
         }
+    }
+    pixels->band_start[levels->count + 1] = total;
+#define PLACE(q, y, x)                                                        \
+    do {                                                                      \
+        const Py_ssize_t k = fill[q][BAND(y, x)]++;                           \
+        pixels->order[2 * k] = (int32_t)(((y) + 1) * padded_width + (x) + 1); \
+        pixels->order[2 * k + 1] = (int32_t)((y) << 16 | (x));                \
+    } while (0)
+    for (Py_ssize_t r = 0; r < strip_rows; r++)
+        for (Py_ssize_t x = 0; x < width; x++)
+            for (int q = 0; q < STRIPS; q++) PLACE(q, q * strip_rows + r, x);
+    for (Py_ssize_t y = STRIPS * strip_rows; y < height; y++)
+        for (Py_ssize_t x = 0; x < width; x++) PLACE(STRIPS - 1, y, x);
+#undef PLACE
+#undef BAND
 }
 
 /* Work space for one call: sized for the maps' height and width, reused image after image. */
