@@ -1,4 +1,4 @@
-"""Speed of wsolevaluation's box metrics: the compiled sweep against the per-threshold loop, and evaluate()'s metric path.
+"""Speed of wsolevaluation's box metrics: compiled sweep against per-threshold loop, and evaluate()'s metric path.
 
 Maps, 224x224, from ``shared/wsol_reference/cases.py`` (beside the repository):
 
@@ -8,10 +8,10 @@ Maps, 224x224, from ``shared/wsol_reference/cases.py`` (beside the repository):
 
 **The sweep.** For each set and each metric (MaxBoxAcc: the largest contour; MaxBoxAccV2: every
 contour; and both together), ``BoxAccuracy`` (the float-to-uint8 conversion, the input checks, the
-sweep and the counting) runs once with the per-threshold loop (``per_threshold_box_ious``, the
-definition and the fallback without the extension: one ``cv2.threshold`` + ``cv2.findContours`` per
-threshold) and once with the compiled pass, in one thread, then with the compiled pass over
-``--workers`` threads. Every run's curves must equal the loop's.
+sweep and the counting) runs with the per-threshold loop (``per_threshold_box_ious``, the definition
+and the fallback without the extension: one ``cv2.threshold`` + ``cv2.findContours`` per threshold),
+with the compiled pass in one thread, and with the compiled pass over ``--workers`` threads: the
+three in turn, ``--repeats`` rounds, the fastest of each counts. Every run's curves must equal the loop's.
 
 **evaluate().** ``evaluate(protocol="maxboxacc")`` on ``--eval-count`` images with an explainer that
 replays stored 14x14 maps and logits, so that only the harness and its metrics cost (map resize and
@@ -70,20 +70,25 @@ def per_threshold_loop() -> Iterator[None]:
         sweep_module._levelsets = compiled
 
 
-def best_time(function: Callable[[], object], repeats: int) -> Tuple[float, object]:
-    """The fastest of ``repeats`` runs (the machine may be shared) and the last result."""
-    best, result = float("inf"), None
+def fastest(functions: Sequence[Callable[[], object]], repeats: int) -> Tuple[List[float], List[object]]:
+    """Each function's fastest of ``repeats`` runs, taken in turn (round after round, so that a busy
+    moment of the shared machine hits all of them), and its last result."""
+    seconds, results = [float("inf")] * len(functions), [None] * len(functions)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            results[index] = function()
+            seconds[index] = min(seconds[index], time.perf_counter() - start)
+    return seconds, results
 
 
-def box_accuracy(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], metric: str, executor=None) -> Dict:
+def box_accuracy(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], metric: str, executor=None,
+                 loop: bool = False) -> Dict:
+    """``BoxAccuracy``'s curves of one metric (or both), by the compiled pass or by the per-threshold loop."""
     largest, every = METRICS[metric]
     accumulator = BoxAccuracy(0.01, largest_contour=largest, all_contours=every, executor=executor)
-    accumulator.update(scoremaps, gt_boxes)
+    with per_threshold_loop() if loop else contextlib.nullcontext():
+        accumulator.update(scoremaps, gt_boxes)
     return {name: result["curves"] for name, result in accumulator.compute().items()}
 
 
@@ -135,8 +140,8 @@ def main() -> None:
     parser.add_argument("--noisy-count", type=int, default=30)
     parser.add_argument("--eval-count", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=2, help="threads for the parallel runs (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timing repeats of every run, the fastest counts (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds, every run once per round; the fastest counts (default: %(default)s)")
     args = parser.parse_args()
     if sweep_module._levelsets is None:
         sys.exit("the compiled sweep (tscam_explain.wsol._levelsets) is not built: nothing to compare")
@@ -156,15 +161,14 @@ def main() -> None:
     rows = []
     for set_name, (scoremaps, gt_boxes) in sets.items():
         for metric in METRICS:
-            with per_threshold_loop():
-                loop_seconds, expected = best_time(lambda: box_accuracy(scoremaps, gt_boxes, metric), args.repeats)
-            rates = []
-            for executor in (None, threads):
-                seconds, curves = best_time(lambda: box_accuracy(scoremaps, gt_boxes, metric, executor), args.repeats)
-                if curves != expected:
-                    sys.exit(f"{metric} differs from the per-threshold loop on the {set_name} maps")
-                rates.append(len(scoremaps) / seconds)
-            rows.append((set_name, metric, len(scoremaps), len(scoremaps) / loop_seconds, rates))
+            runs = [lambda: box_accuracy(scoremaps, gt_boxes, metric, loop=True),
+                    lambda: box_accuracy(scoremaps, gt_boxes, metric),
+                    lambda: box_accuracy(scoremaps, gt_boxes, metric, threads)]
+            seconds, curves = fastest(runs, args.repeats)
+            if any(result != curves[0] for result in curves[1:]):
+                sys.exit(f"{metric} differs from the per-threshold loop on the {set_name} maps")
+            rates = [len(scoremaps) / run_seconds for run_seconds in seconds]
+            rows.append((set_name, metric, len(scoremaps), rates[0], rates[1:]))
 
     # evaluate(): the stored 14x14 maps of the smooth set, replayed
     count = args.eval_count
@@ -173,18 +177,17 @@ def main() -> None:
     logits = torch.from_numpy(np.random.RandomState(1).normal(size=(count, 200)).astype(np.float32))
     boxes = [gt[i % len(gt)] for i in range(count)]
     expected = box_accuracy(smooth[index], boxes, "both")
-    eval_rows = []
-    for workers in (0, args.workers):
-        best = None
-        for _ in range(args.repeats):
+    best = {workers: (float("inf"), float("inf")) for workers in (0, args.workers)}
+    for _ in range(args.repeats):
+        for workers in best:
             wall, cpu = time.perf_counter(), time.process_time()
             report = evaluate(ReplayExplainer(cams[index], logits), StoredBoxes(labels, boxes), "maxboxacc",
                               batch_size=64, progress=False, metric_workers=workers)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             if {name: report.metrics[name]["curves"] for name in expected} != expected:
                 sys.exit("evaluate() gives other curves than BoxAccuracy on the same maps")
-            best = (wall, cpu) if best is None or wall < best[0] else best
-        eval_rows.append((workers, count / best[0], count / best[1]))
+            best[workers] = min(best[workers], (wall, cpu))
+    eval_rows = [(workers, count / wall, count / cpu) for workers, (wall, cpu) in best.items()]
     threads.shutdown()
 
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
