@@ -14,7 +14,8 @@
  *   holes:      4-connected sets of u <= c that do not reach the image border (OpenCV pads the mask
  *               with zeros, so a set reaching the border is outside), a hole contour each.  Pixels
  *               join from the lowest band up, the one-pixel frame around the image being one
- *               "outside" set from the start; the pass stops after the highest level with holes.
+ *               "outside" set from the start; the pass stops after the highest level with holes,
+ *               and at a level without holes puts everything outside at once.
  *   largest:    the contour of largest cv2.contourArea.  The area of a chain of boundary pixel
  *               centres around a set without holes is n4 + n3 / 2, with n_k the number of 2x2
  *               windows holding k of its pixels (whole unit squares and half squares between pixel
@@ -22,11 +23,13 @@
  *               inside its component's outer contour (area at most the same, and after it in
  *               OpenCV's order), and a set inside a hole is smaller still, so the first largest
  *               contour is the outer contour of a component of the mask with its holes filled.
- *               At levels without holes that mask is u > c itself (the component pass above);
- *               at the others, a flood from the border gives each pixel the lowest level at which
- *               it is outside, and a second component pass joins pixels in that order.  Ties go to
- *               the set whose first pixel comes last in raster order: OpenCV lists sibling
- *               contours in the reverse of the order its raster scan finds them.
+ *               Without holes, that is the component pass's set of largest area.  With holes, a
+ *               set's own windows bound its filled area from below and its box from above, which
+ *               settles most levels; a level left open is settled by a flood from the border that
+ *               gives each pixel the lowest level at which it is outside (filling the holes), and a
+ *               second component pass that joins the pixels in that order.  Ties go to the set
+ *               whose first pixel comes last in raster order: OpenCV lists sibling contours in the
+ *               reverse of the order its raster scan finds them.
  *
  * Output: bytes of int32 records (image, threshold column, x0, y0, x1, y1), inclusive pixel bounds.
  */
