@@ -1,4 +1,6 @@
 """The command line: `tscam-explain explain` end to end (offline, random-init model)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,6 +27,18 @@ def test_explain_on_a_user_image_and_a_saved_tscam_model(tmp_path):
     assert main(["explain", "--checkpoint", str(tmp_path / "m.pt"), "--image", str(tmp_path / "img.jpg"),
                  "--explainers", "tscam", "--target", "2", "--out", str(tmp_path)]) == 0
     assert Image.open(tmp_path / "explain.png").size == (2 * 224, 224 + 24)
+
+
+def test_explain_an_official_checkpoint_at_its_own_input_size(tmp_path, capsys):
+    official = Path(__file__).parent / "data" / "official"
+    for name, explainer in (("trt_fuse_tiny.pth", "trt"), ("tscam_tiny.pth", "tscam,transattention")):
+        out = tmp_path / name
+        argv = ["explain", "--checkpoint", str(official / name), "--explainers", explainer, "--out", str(out)]
+        assert main(argv) == 0
+        panels = 1 + len(explainer.split(","))
+        assert Image.open(out / "explain.png").size == (panels * 48, 48 + 24)  # the tiny models take 48x48
+        printed = capsys.readouterr().out
+        assert f"{official / name}: official" in printed and "inferred: embed_dim 128" in printed
 
 
 def test_unknown_explainer_and_missing_command_fail_clearly(tmp_path):

@@ -37,7 +37,7 @@ def test_recipes_hold_the_official_values_of_methods_md():
     assert (trt1_in.auto_augment, trt1_in.re_prob, trt1_in.crop_scale) == ("rand-m9-mstd0.5-inc1", 0.25, (0.8, 1.0))
     assert RECIPES["trt-stage2"]["cub"].epochs == 20 and RECIPES["trt-stage2"]["cub"].u is None
     assert {name: {r.trainable for r in by_data.values()} for name, by_data in RECIPES.items()} == {
-        "tscam": {"all"}, "tscam-head": {"head"}, "trt-stage1": {"stage1"}, "trt-stage2": {"stage2"}}
+        "tscam": {"all"}, "tscam-head": {"head"}, "trt-stage1": {"stage1"}, "trt-stage2": {"stage2"}, "vit": {"all"}}
 
 
 def _official_lrs(base: float, steps, factor: float, epochs: int):

@@ -111,6 +111,19 @@ def test_metric_threads_give_the_metrics_of_one_thread(tmp_path):
     assert 0 < alone.metrics["MaxBoxAcc"]["per_iou"][30] < 100  # the noise matters
 
 
+def test_trt_protocol_plumbing_gives_the_hand_computed_numbers(tmp_path):
+    # TRT's one-threshold all-contour accuracy: each block is the map's only contour, box [x0, y0, x1 + 1, y1 + 1];
+    # IoU with each image's first GT box: 0.98, 0 (far away), 0.96, 0.98 -> 75 % at IoU 30, 50 and 70
+    (tmp_path / "tscam").mkdir()
+    report = evaluate(BlockExplainer(), block_dataset(tmp_path, "trt"), "trt", batch_size=3, progress=False)
+    boxes = report.metrics["FixedThresholdBoxAccV2"]
+    assert boxes == {"per_iou": {30: 75.0, 50: 75.0, 70: 75.0}, "mean": 75.0, "cam_threshold": 0.12}
+    # beside it, the seeds' metrics of the same maps and boxes (TRT's test_cam.py reports both)
+    seeds = evaluate(BlockExplainer(), block_dataset(tmp_path / "tscam", "tscam"), "tscam", progress=False)
+    assert report.metrics["localization"] == seeds.metrics["localization"]
+    assert report.settings["cam_threshold"] == 0.12 and report.settings["iou_thresholds"] == [30, 50, 70]
+
+
 def test_pxap_on_mask_annotations(tmp_path):
     metadata, images, masks = tmp_path / "OpenImages/test", tmp_path / "images", tmp_path / "masks"
     for folder in (metadata, images, masks):
@@ -140,6 +153,10 @@ def test_protocol_mismatch_and_missing_threshold_fail_clearly(tmp_path):
     dataset.benchmark = None
     with pytest.raises(ValueError, match="pass cam_threshold"):
         evaluate(BlockExplainer(), dataset, "tscam", progress=False)
+    trt = block_reader(tmp_path, "trt")
+    trt.benchmark = None
+    with pytest.raises(ValueError, match="pass cam_threshold .the trt protocol uses"):
+        evaluate(BlockExplainer(), trt, "trt", progress=False)
 
 
 def _evaluate_half(rank: int, root: str, init_file: str) -> Dict[str, Any]:

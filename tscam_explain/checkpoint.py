@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -36,8 +37,20 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 
 def load_file(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary pickles), with a clear error if missing."""
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary pickles), with a clear error if missing.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, truncated, not written by ``torch.save``, or holds objects that
+            ``weights_only=True`` refuses.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); expected a file written by torch.save")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, KeyError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(f"cannot read checkpoint {path} ({type(error).__name__}: {error}); expected a complete "
+                         "torch.save file of tensors and plain Python types (truncated, or another format?)") from None

@@ -1,4 +1,4 @@
-"""The ``tscam-explain`` command line: explain, evaluate, train.
+"""The ``tscam-explain`` command line: explain, evaluate, train, synth, bench, demo, pretrained.
 
 Each subcommand lives beside the code it drives and
 exposes ``register(subparsers)``; this module only collects them."""
@@ -13,6 +13,9 @@ COMMAND_MODULES = (
     "tscam_explain.explain_cli",
     "tscam_explain.train.cli",
     "tscam_explain.wsol.cli",
+    "tscam_explain.synth",
+    "tscam_explain.bench.cli",
+    "tscam_explain.pretrained.cli",
 )
 
 

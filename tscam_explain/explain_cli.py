@@ -12,10 +12,11 @@ import timm
 import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
 
 from .explainers import list_explainers, make_explainer
 from .models import backbone_of, load_model
+from .vit import input_config
 
 DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "gradcam", "layercam", "scorecam")
 
@@ -51,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "write one overlay panel per explainer. Runs offline with a random-init model by default.")
     parser.add_argument("--image", type=Path, help="image file (default: a generated synthetic scene)")
     parser.add_argument("--model", default="deit_tiny_patch16_224", help="timm ViT name (default: %(default)s)")
-    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT); overrides --model")
+    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT) or an official "
+                        "TS-CAM / TRT checkpoint; overrides --model")
     parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights (needs the hub)")
     parser.add_argument("--explainers", default=",".join(DEFAULT_EXPLAINERS),
                         help=f"comma-separated names (default: %(default)s); any of {', '.join(list_explainers())}")
@@ -65,11 +67,13 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.checkpoint is not None:
         model = load_model(args.checkpoint)
+        if hasattr(model, "official"):
+            print(model.official.describe())
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     model.eval()
     vit = backbone_of(model)
-    config = resolve_data_config({}, model=vit)
+    config = input_config(vit)
     transform = create_transform(**config)
     image = Image.open(args.image).convert("RGB") if args.image else generated_image(config["input_size"][-1], args.seed)
     input_tensor = transform(image)[None]

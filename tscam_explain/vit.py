@@ -14,10 +14,11 @@ Everything else in tscam-explain goes through these functions for:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "check_standard_block",
     "class_token_features",
     "block_forward_with_softmax",
+    "input_config",
 ]
 
 
@@ -105,6 +107,21 @@ def token_layout(model: VisionTransformer, input_size: Tuple[int, int]) -> Token
             )
         grid = tuple(patch_embed.grid_size)
     return TokenLayout(num_prefix_tokens=model.num_prefix_tokens, grid=(int(grid[0]), int(grid[1])))
+
+
+def input_config(model: VisionTransformer) -> Dict[str, Any]:
+    """timm's data config of ``model`` (``input_size``, ``mean``, ``std``, ``interpolation``, …) with the
+    model's own input size.
+
+    Mean and std are the statistics the weights were trained with (ImageNet's for DeiT, 0.5/0.5 for
+    e.g. ``vit_tiny_patch16_224``). The size is ``patch_embed.img_size``: timm's config keeps the
+    pretrained 224² even for a model created with another ``img_size``, which a fixed-size model
+    would then refuse.
+    """
+    config = dict(resolve_data_config({}, model=model))
+    height, width = (int(side) for side in model.patch_embed.img_size)
+    config["input_size"] = (int(model.patch_embed.proj.in_channels), height, width)
+    return config
 
 
 def check_input(model: VisionTransformer, input_tensor: torch.Tensor) -> TokenLayout:

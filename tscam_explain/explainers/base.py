@@ -156,20 +156,28 @@ class ViTExplainer:
             if not upsample:
                 raise ValueError("aug_smooth averages maps in image space; it needs upsample=True")
             return self._augmentation_smoothed(input_tensor, targets, eigen_smooth)
+        context, classes = self._explained_pass(input_tensor, targets)
+        with torch.no_grad():
+            maps = self._class_maps(context, classes, eigen_smooth)
+        return self._finish(maps, tuple(input_tensor.shape[-2:]), upsample)
+
+    def _explained_pass(self, input_tensor: torch.Tensor, targets: Targets) -> Tuple[Any, torch.Tensor]:
+        """Check the input, run :meth:`_forward` once, keep the logits; return (context, classes)."""
         check_input(self.backbone, input_tensor)
         input_tensor = input_tensor.to(self.device)
         with torch.no_grad():
             logits, context = self._forward(input_tensor)
-            self.outputs = logits
-            classes = resolve_targets(targets, logits)
-            maps = self._class_maps(context, classes, eigen_smooth)
+        self.outputs = logits
+        return context, resolve_targets(targets, logits)
+
+    @staticmethod
+    def _finish(maps: torch.Tensor, size: Tuple[int, int], upsample: bool) -> torch.Tensor:
+        """Refuse non-finite maps; upsample and normalise them when asked."""
         if not torch.isfinite(maps).all():
             raise FloatingPointError(
                 "the explanation maps contain NaN or Inf; check the model's weights and inputs"
             )
-        if upsample:
-            maps = upsample_maps(maps, tuple(input_tensor.shape[-2:]))
-        return maps
+        return upsample_maps(maps, size) if upsample else maps
 
     def _augmentation_smoothed(self, input_tensor: torch.Tensor, targets: Targets,
                                eigen_smooth: bool) -> torch.Tensor:

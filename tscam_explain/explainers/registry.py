@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import pytorch_grad_cam
 import torch.nn as nn
@@ -13,14 +13,32 @@ from ..vit import ViTReshapeTransform, check_vit
 from .trt import TRTExplainer
 from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
 
-_EXPLAINERS: Dict[str, Callable[..., Any]] = {}
+Accepts = Callable[[nn.Module], bool]
 
 
-def register_explainer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering an explainer factory ``factory(model, **kw)`` under ``name``."""
+class _Entry(NamedTuple):
+    factory: Callable[..., Any]
+    accepts: Accepts
+
+
+_EXPLAINERS: Dict[str, _Entry] = {}
+
+
+def _any_model(model: nn.Module) -> bool:
+    return True
+
+
+def register_explainer(name: str, accepts: Optional[Accepts] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering an explainer factory ``factory(model, **kw)`` under ``name``.
+
+    Args:
+        name: the name :func:`make_explainer` takes (case-insensitive).
+        accepts: ``accepts(model)`` says whether the explainer applies to ``model`` (what
+            :func:`list_explainers` filters on); default: every model.
+    """
 
     def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-        _EXPLAINERS[name.lower()] = factory
+        _EXPLAINERS[name.lower()] = _Entry(factory, accepts or _any_model)
         return factory
 
     return decorate
@@ -35,9 +53,25 @@ def _grad_cam_methods() -> Dict[str, type]:
     }
 
 
-def list_explainers() -> list:
-    """Every name :func:`make_explainer` accepts."""
-    return sorted(set(_EXPLAINERS) | set(_grad_cam_methods()))
+def _grad_cam_accepts(model: nn.Module) -> bool:
+    """pytorch-grad-cam's methods hook ``blocks[-1].norm1``, which must see the full token sequence:
+    any timm ViT classifier or TS-CAM model, not TRT (its last block runs on two tokens)."""
+    if getattr(model, "arch", None) == "trt":
+        return False
+    try:
+        check_vit(backbone_of(model), needs_class_token=False)
+    except TypeError:
+        return False
+    return True
+
+
+def list_explainers(model: Optional[nn.Module] = None) -> List[str]:
+    """Every name :func:`make_explainer` accepts; with ``model``, only those that apply to it."""
+    if model is None:
+        return sorted(set(_EXPLAINERS) | set(_grad_cam_methods()))
+    ours = [name for name, entry in _EXPLAINERS.items() if entry.accepts(model)]
+    theirs = list(_grad_cam_methods()) if _grad_cam_accepts(model) else []
+    return sorted(set(ours) | set(theirs))
 
 
 def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
@@ -56,7 +90,7 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key in _EXPLAINERS:
-        return _EXPLAINERS[key](model, **kwargs)
+        return _EXPLAINERS[key].factory(model, **kwargs)
     methods = _grad_cam_methods()
     if key not in methods:
         raise ValueError(f"unknown explainer {name!r}; expected one of {list_explainers()}")
@@ -69,7 +103,17 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     return cam
 
 
-register_explainer("tscam")(TSCAMExplainer)
-register_explainer("transattention")(TransAttentionExplainer)
-register_explainer("transcam")(TransCAMExplainer)
-register_explainer("trt")(TRTExplainer)
+register_explainer("tscam", TSCAMExplainer.accepts)(TSCAMExplainer)
+register_explainer("transattention", TSCAMExplainer.accepts)(TransAttentionExplainer)
+register_explainer("transcam", TSCAMExplainer.accepts)(TransCAMExplainer)
+register_explainer("trt", TRTExplainer.accepts)(TRTExplainer)
+
+
+def release_explainer(explainer: Any) -> None:
+    """Remove every hook ``explainer`` put on its model: ours (``release()``) or a pytorch-grad-cam CAM
+    (its ``activations_and_grads``, which also holds the reshape transform's hook). Use it in a
+    ``finally`` instead of a CAM's ``with``, whose ``__exit__`` swallows ``IndexError``."""
+    release = getattr(explainer, "release", None)
+    if release is None:
+        release = explainer.activations_and_grads.release
+    release()

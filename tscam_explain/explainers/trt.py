@@ -54,6 +54,11 @@ class TRTExplainer(ViTExplainer):
         self.reattention = reattention
         super().__init__(model, tta_transforms)
 
+    @staticmethod
+    def accepts(model: nn.Module) -> bool:
+        """Whether TRT explains ``model``: only TRT models."""
+        return isinstance(model, TRT)
+
     @property
     def backbone(self) -> nn.Module:
         return self.model.backbone

@@ -13,7 +13,7 @@ Two kinds of model are explained:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ import ttach
 from ..models.tscam import TSCAM, TSCAMOutput
 from ..vit import (CLSAttentionRecorder, TokenLayout, check_vit, split_tokens, token_class_contributions,
                    token_class_scores, token_layout)
-from .base import ViTExplainer, first_principal_projection, warn_eigen_smooth_unused
+from .base import Targets, ViTExplainer, first_principal_projection, warn_eigen_smooth_unused
 
 
 class TSCAMExplainer(ViTExplainer):
@@ -44,7 +44,7 @@ class TSCAMExplainer(ViTExplainer):
 
     def __init__(self, model: nn.Module, attention_blocks: Optional[Sequence[int]] = None,
                  tta_transforms: Optional[ttach.Compose] = None) -> None:
-        if getattr(model, "arch", None) not in (None, "tscam"):
+        if getattr(model, "arch", None) not in (None, "tscam", "vit"):
             raise TypeError(f"{type(self).__name__} explains TS-CAM models or timm ViTs; "
                             f"for a {type(model).__name__} use its own explainer (e.g. TRTExplainer)")
         self.trained_head = isinstance(model, TSCAM)
@@ -57,6 +57,20 @@ class TSCAMExplainer(ViTExplainer):
             )
         super().__init__(model, tta_transforms)
         self._recorder = CLSAttentionRecorder(self._vit, attention_blocks) if self.uses_attention else None
+
+    @staticmethod
+    def accepts(model: nn.Module) -> bool:
+        """Whether TS-CAM explains ``model``: a TS-CAM model, or a timm ViT classifier with a class
+        token and a linear head (the training-free mode)."""
+        if isinstance(model, TSCAM):
+            return True
+        if getattr(model, "arch", None) not in (None, "vit"):
+            return False
+        try:
+            vit = check_vit(model)
+        except TypeError:
+            return False
+        return isinstance(vit.head, nn.Linear)
 
     @property
     def backbone(self) -> nn.Module:
@@ -90,17 +104,43 @@ class TSCAMExplainer(ViTExplainer):
             maps = first_principal_projection(token_class_contributions(self._vit, payload, classes), maps)
         return maps
 
-    def _class_maps(self, context: tuple, classes: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+    def _parts(self, context: tuple, classes: torch.Tensor, eigen_smooth: bool, attention: bool,
+               semantic: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(A*, S_c), each (B, n) or ``None`` when not asked for."""
         layout, payload = context
-        maps = None
-        if self.uses_semantic:
-            maps = self._semantic_maps(layout, payload, classes, eigen_smooth)
-        elif eigen_smooth:
+        summed = self._recorder.total() if attention else None
+        class_map = self._semantic_maps(layout, payload, classes, eigen_smooth) if semantic else None
+        return summed, class_map
+
+    def _class_maps(self, context: tuple, classes: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+        if eigen_smooth and not self.uses_semantic:
             warn_eigen_smooth_unused(type(self).__name__)
-        if self.uses_attention:
-            attention = self._recorder.total()
-            maps = attention if maps is None else attention * maps
-        return maps.view(classes.shape[0], *layout.grid)
+        attention, semantic = self._parts(context, classes, eigen_smooth, self.uses_attention, self.uses_semantic)
+        maps = semantic if attention is None else attention if semantic is None else attention * semantic
+        return maps.view(classes.shape[0], *context[0].grid)
+
+    def attribute_ablations(self, input_tensor: torch.Tensor, targets: Targets = None, *,
+                            upsample: bool = True) -> Dict[str, torch.Tensor]:
+        """TS-CAM and its two ablations from one forward pass (what the paper's Tables 5/6 compare).
+
+        Args:
+            input_tensor: (B, C, H, W) images.
+            targets: as for :meth:`attribute`.
+            upsample: as for :meth:`attribute`.
+
+        Returns:
+            ``{"tscam": A* ⊙ S_c, "transattention": A*, "transcam": S_c}``, each as :meth:`attribute`
+            returns it (``self.outputs`` holds the logits).
+        """
+        if not (self.uses_attention and self.uses_semantic):
+            raise TypeError(f"{type(self).__name__} computes one ablation only; use TSCAMExplainer for all three")
+        context, classes = self._explained_pass(input_tensor, targets)
+        with torch.no_grad():
+            attention, semantic = self._parts(context, classes, False, True, True)
+        grid = (classes.shape[0], *context[0].grid)
+        size = tuple(input_tensor.shape[-2:])
+        maps = {"tscam": attention * semantic, "transattention": attention, "transcam": semantic}
+        return {name: self._finish(value.reshape(grid), size, upsample) for name, value in maps.items()}
 
     def release(self) -> None:
         if self._recorder is not None:

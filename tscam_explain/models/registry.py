@@ -70,8 +70,23 @@ def save_model(model: nn.Module, path: PathLike) -> None:
 
 
 def load_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
-    """Load a model written by :func:`save_model` (or a trainer checkpoint), with ``weights_only=True``."""
+    """Load a model file, with ``weights_only=True``.
+
+    Reads what :func:`save_model` writes, a trainer checkpoint, and the authors' official TS-CAM and TRT
+    checkpoints (see :func:`~tscam_explain.models.load_official`, whose defaults apply).
+
+    Raises:
+        ValueError: the file is none of these; the message says what each format expects.
+    """
     record = load_file(path, map_location=map_location)
     if isinstance(record, dict) and "model" in record and "format" not in record:
         record = record["model"]  # a full training checkpoint keeps the model record under "model"
-    return model_from_state(record, source=str(path))
+    if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
+        return model_from_state(record, source=str(path))
+    # imported here: the official loader builds on the model classes, which import this module
+    from .official import model_from_official
+    try:
+        return model_from_official(record, source=str(path))
+    except ValueError as error:
+        raise ValueError(f"{error}. It is not a tscam-explain model file either (expected format "
+                         f"{MODEL_FILE_FORMAT!r})") from None

@@ -27,14 +27,18 @@ _CHOICES = {"train_transform": ("resize_crop", "timm"), "head": tuple(sorted(HEA
 
 
 def _recipes_epilog() -> str:
-    lines = ["recipes (values: CUB defaults / ILSVRC defaults):"]
+    lines = [f"recipes (values: {' / '.join(name.upper() for name in DATASET_DEFAULTS)} defaults):"]
     for name, description in list_recipes().items():
-        cub, ilsvrc = RECIPES[name]["cub"], RECIPES[name]["ilsvrc"]
+        records = [RECIPES[name][dataset] for dataset in DATASET_DEFAULTS]
+
+        def each(value) -> str:
+            return "/".join(value(record) for record in records)
+
         lines.append(f"  {name:<11} {description}")
-        lines.append(f"  {'':<11} epochs {cub.epochs}/{ilsvrc.epochs}, batch {cub.batch_size}/{ilsvrc.batch_size}, "
-                     f"lr {cub.lr:g}/{ilsvrc.lr:g}, lr x{cub.lr_decay_rate:g}/x{ilsvrc.lr_decay_rate:g} at epochs "
-                     f"{list(cub.lr_decay_epochs)}/{list(ilsvrc.lr_decay_epochs)}"
-                     + (f", u {cub.u}/{ilsvrc.u}" if cub.u is not None else ""))
+        lines.append(f"  {'':<11} epochs {each(lambda r: str(r.epochs))}, batch {each(lambda r: str(r.batch_size))}, "
+                     f"lr {each(lambda r: f'{r.lr:g}')}, lr x{each(lambda r: f'{r.lr_decay_rate:g}')} at epochs "
+                     f"{each(lambda r: str(list(r.lr_decay_epochs)))}"
+                     + (f", u {each(lambda r: str(r.u))}" if records[0].u is not None else ""))
     lines.append("every recipe field can be overridden (see 'recipe overrides'); docs/training.md has the sources")
     return "\n".join(lines)
 
@@ -105,8 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, epilog=_recipes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", required=True, choices=sorted(RECIPES), help="what to train (see below)")
     parser.add_argument("--defaults", choices=("auto",) + DATASET_DEFAULTS, default="auto",
-                        help="whose official hyperparameters: cub or ilsvrc (default auto: ilsvrc for an "
-                             "ILSVRC metadata folder or a 1000-class folder, cub otherwise)")
+                        help="whose hyperparameters: the official cub or ilsvrc ones, or synth (ours, for the "
+                             "generated benchmark); default auto: synth for a folder 'tscam-explain synth' wrote, "
+                             "ilsvrc for an ILSVRC metadata folder or a 1000-class folder, cub otherwise")
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, type=Path,
                       help="CUB_200_2011 folder, an ImageFolder (class sub-folders, e.g. ILSVRC train), or an "

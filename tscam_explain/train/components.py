@@ -50,6 +50,8 @@ def build_model(recipe: Recipe, num_classes: int, model_name: str, pretrained: b
     if recipe.arch == "tscam":
         return create_model("tscam", model_name=model_name, num_classes=num_classes, pretrained=pretrained,
                             head=recipe.head, **kwargs)
+    if recipe.arch == "vit":
+        return create_model("vit", model_name=model_name, num_classes=num_classes, pretrained=pretrained, **kwargs)
     return create_model("trt", model_name=model_name, num_classes=num_classes, pretrained=pretrained,
                         u=recipe.u, **kwargs)
 

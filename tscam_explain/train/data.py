@@ -20,8 +20,8 @@ Validation, which picks ``best.pt``, never uses the test split:
   (TS-CAM's protocol, GT-known, for CUB and image folders; MaxBoxAccV2 for wsol metadata), without
   boxes Top-1 classification.
 
-TRT stage 1 is always validated on Top-1 classification: its CAM branch, which the maps need, is
-only trained in stage 2.
+TRT stage 1 is always validated on Top-1 classification (its CAM branch, which the maps need, is
+only trained in stage 2), and so is the plain ``vit`` classifier.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from ..explainers import make_explainer
 from ..wsol import (TSCAM_CAM_THRESHOLDS, ClassificationAccuracy, CUBDataset, ILSVRCListDataset, WSOLEvalDataset,
                     evaluate, wsol_collate)
 from ..wsol.datasets import WSOLDataset, eval_transform
+from ..synth import SYNTH_MARKER
 from .components import loader_options
 from .distributed import DistContext
 from .loop import TrainData
@@ -96,8 +97,11 @@ def detect_format(data: Path, data_format: str = "auto", train_metadata: Optiona
 
 
 def detect_defaults(data: Path, data_format: str = "auto", train_metadata: Optional[Path] = None) -> str:
-    """Whose official hyperparameters suit ``data``: ``ilsvrc`` for ILSVRC metadata or a folder of
-    1000 classes (ILSVRC train), ``cub`` otherwise (CUB, and small data of your own)."""
+    """Whose hyperparameters suit ``data``: ``synth`` for a folder :func:`tscam_explain.synth.write_dataset`
+    wrote, ``ilsvrc`` for ILSVRC metadata or a folder of 1000 classes (ILSVRC train), ``cub`` otherwise
+    (CUB, and small data of your own)."""
+    if (Path(data) / SYNTH_MARKER).is_file():
+        return "synth"
     kind = detect_format(data, data_format, train_metadata)
     if kind == "wsol":
         parts = {part.lower() for part in Path(train_metadata).resolve().parts}
@@ -269,8 +273,9 @@ def build_data(recipe: Recipe, data: Path, *, normalization: Tuple[Sequence[floa
         samples = samples_kept
         cam_threshold = TSCAM_CAM_THRESHOLDS["ILSVRC" if recipe.dataset == "ilsvrc" else "CUB"]
         validation = _Validation(val_set, protocol, cam_threshold)
-    if validation is not None and recipe.trainable == "stage1":
-        # TRT's maps need the CAM branch, which stage 1 does not train: score its classifier
+    if validation is not None and (recipe.trainable == "stage1" or recipe.arch == "vit"):
+        # TRT's maps need the CAM branch, which stage 1 does not train; a plain classifier is chosen
+        # as a classifier: score them on classification
         validation = _Validation(validation.dataset, "classification")
     train_set = LabelledImages(samples, train_transform(recipe, mean, std))
     description += f"; {len(train_set)} training images"

@@ -370,12 +370,15 @@ class _Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "loss": self.stats.loss_sum / max(1, self.stats.samples),
             "img_per_s": self.stats.samples / max(self.stats.seconds, 1e-9),
+            "train_seconds": self.stats.seconds,
         }
         if self.data.validate is not None:
             self.model.eval()
+            started = time.perf_counter()
             with torch.no_grad():
                 metrics = self.data.validate(self.model, self.ctx)
             record["val"] = metrics
+            record["val_seconds"] = time.perf_counter() - started
             metric = self.data.select_metric
             if metric not in metrics:
                 raise KeyError(f"validation returned {sorted(metrics)}, not the selection metric {metric!r}")

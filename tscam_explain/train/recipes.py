@@ -21,11 +21,12 @@ from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["Recipe", "RECIPES", "DATASET_DEFAULTS", "TRAINABLE", "get_recipe", "list_recipes", "recipe_fields"]
 
-#: What a recipe trains: ``all`` (backbone and head), ``head`` (TS-CAM head, backbone frozen),
+#: What a recipe trains: ``all`` (backbone and head, or the whole ``vit`` classifier), ``head`` (TS-CAM head, backbone frozen),
 #: ``stage1`` (TRT backbone + TPSM), ``stage2`` (TRT CAM branch, stage-1 frozen).
 TRAINABLE = ("all", "head", "stage1", "stage2")
-#: Which official dataset's hyperparameters a record carries.
-DATASET_DEFAULTS = ("cub", "ilsvrc")
+#: Whose hyperparameters a record carries: the official CUB or ILSVRC values, or ours for the
+#: generated benchmark (``tscam_explain.synth``: tiny ViTs trained from scratch on 2 CPU cores).
+DATASET_DEFAULTS = ("cub", "ilsvrc", "synth")
 #: Fields that define a recipe rather than tune it: not overridable.
 _IDENTITY_FIELDS = ("name", "dataset", "arch", "trainable", "source")
 
@@ -35,9 +36,9 @@ class Recipe:
     """One training recipe for one dataset's defaults.
 
     Args:
-        name: recipe name (``tscam``, ``tscam-head``, ``trt-stage1``, ``trt-stage2``).
-        dataset: whose official defaults these are: ``cub`` or ``ilsvrc``.
-        arch: the model architecture it builds (``tscam`` or ``trt``).
+        name: recipe name (``tscam``, ``tscam-head``, ``trt-stage1``, ``trt-stage2``, ``vit``).
+        dataset: whose defaults these are: ``cub`` or ``ilsvrc`` (official values) or ``synth`` (ours).
+        arch: the model architecture it builds (``tscam``, ``trt`` or ``vit``).
         trainable: what is trained, one of :data:`TRAINABLE`.
         source: where the values come from.
         epochs: number of epochs.
@@ -166,12 +167,34 @@ _TRT2_ILSVRC = replace(
     source="methods.md §3; TRT configs/ILSVRC/deit_trt_fuse_base_patch16_224_0.95.yaml (as stage 1)",
 )
 
+# A plain timm classifier (what pytorch-grad-cam's methods and training-free TS-CAM explain): TS-CAM's
+# fine-tuning values, which are DeiT's usual fine-tuning values too.
+_VIT_CUB = replace(_TSCAM_CUB, name="vit", arch="vit",
+                   source="ours: a plain timm ViT classifier with the tscam (CUB) values")
+_VIT_ILSVRC = replace(_TSCAM_ILSVRC, name="vit", arch="vit",
+                      source="ours: a plain timm ViT classifier with the tscam (ILSVRC) values")
+
+# The generated benchmark (docs/synth.md): tiny ViTs from scratch, so a larger lr than fine-tuning,
+# 96 px images (the generator's default) and a crop from 108 px (TS-CAM's 256 → 224 ratio).
+_SYNTH = dict(dataset="synth", batch_size=64, lr=1e-3, img_size=96, resize_size=108)
+_TSCAM_SYNTH = replace(_TSCAM_CUB, **_SYNTH, epochs=20, lr_decay_epochs=(14, 18),
+                       source="ours (docs/synth.md): tscam from scratch on the generated benchmark")
+_HEAD_SYNTH = replace(_TSCAM_SYNTH, name="tscam-head", trainable="head",
+                      source="ours: tscam (synth) values with the backbone frozen")
+_VIT_SYNTH = replace(_TSCAM_SYNTH, name="vit", arch="vit",
+                     source="ours (docs/synth.md): a plain ViT classifier from scratch on the generated benchmark")
+_TRT1_SYNTH = replace(_TSCAM_SYNTH, name="trt-stage1", arch="trt", trainable="stage1", u=0.6,
+                      source="ours (docs/synth.md): TRT stage 1 from scratch; u 0.6 as the official CUB-224 config")
+_TRT2_SYNTH = replace(_TRT1_SYNTH, name="trt-stage2", trainable="stage2", u=None, epochs=8, lr_decay_epochs=(6,),
+                      source="ours (docs/synth.md): TRT stage 2 on the synth stage-1 model")
+
 #: recipe name → dataset defaults → record.
 RECIPES: Dict[str, Dict[str, Recipe]] = {
-    "tscam": {"cub": _TSCAM_CUB, "ilsvrc": _TSCAM_ILSVRC},
-    "tscam-head": {"cub": _HEAD_CUB, "ilsvrc": _HEAD_ILSVRC},
-    "trt-stage1": {"cub": _TRT1_CUB, "ilsvrc": _TRT1_ILSVRC},
-    "trt-stage2": {"cub": _TRT2_CUB, "ilsvrc": _TRT2_ILSVRC},
+    "tscam": {"cub": _TSCAM_CUB, "ilsvrc": _TSCAM_ILSVRC, "synth": _TSCAM_SYNTH},
+    "tscam-head": {"cub": _HEAD_CUB, "ilsvrc": _HEAD_ILSVRC, "synth": _HEAD_SYNTH},
+    "trt-stage1": {"cub": _TRT1_CUB, "ilsvrc": _TRT1_ILSVRC, "synth": _TRT1_SYNTH},
+    "trt-stage2": {"cub": _TRT2_CUB, "ilsvrc": _TRT2_ILSVRC, "synth": _TRT2_SYNTH},
+    "vit": {"cub": _VIT_CUB, "ilsvrc": _VIT_ILSVRC, "synth": _VIT_SYNTH},
 }
 
 _DESCRIPTIONS = {
@@ -179,6 +202,7 @@ _DESCRIPTIONS = {
     "tscam-head": "TS-CAM head only, backbone frozen (cheap path for your own ViT)",
     "trt-stage1": "TRT stage 1: backbone + token priority scoring module",
     "trt-stage2": "TRT stage 2: CAM branch only, stage 1 frozen (needs a stage-1 checkpoint)",
+    "vit": "a plain timm ViT classifier (for pytorch-grad-cam's methods and training-free TS-CAM)",
 }
 
 
@@ -197,7 +221,7 @@ def get_recipe(name: str, dataset: str = "cub", **overrides: Any) -> Recipe:
 
     Args:
         name: one of :data:`RECIPES`.
-        dataset: ``cub`` or ``ilsvrc``: whose official values to start from.
+        dataset: ``cub``, ``ilsvrc`` (official values) or ``synth`` (ours, for the generated benchmark).
         **overrides: field values replacing the defaults (``None`` values are ignored, so CLI
             options left unset keep the recipe's value).
     """

@@ -296,3 +296,20 @@ def maxboxacc_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         float64 (height, width) map in [0, 1].
     """
     return maxboxacc_scoremaps(np.asarray(cam)[None], size)[0]
+
+
+def maxboxacc_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
+    """MaxBoxAcc's box at one threshold: the largest contour of ``uint8 map > int(threshold · max)``.
+
+    Args:
+        scoremap: float (H, W) map in [0, 1] from :func:`maxboxacc_scoremap`.
+        threshold: a CAM threshold in [0, 1).
+
+    Returns:
+        int64 (4,) ``[x, y, x + w, y + h]`` with ``x + w``, ``y + h`` clipped to ``W - 1``, ``H - 1``;
+        ``[0, 0, 0, 0]`` when nothing is above the threshold.
+    """
+    maps_u8 = (scoremap * 255).astype(np.uint8)
+    binary = (maps_u8 > int(threshold * np.max(maps_u8))).astype(np.uint8)
+    rect = largest_contour_rect(binary)
+    return maxboxacc_boxes(rect if rect is not None else MAXBOXACC_EMPTY_BOX, scoremap.shape)[0]

@@ -7,14 +7,12 @@ from typing import Sequence
 
 import timm
 import torch
-from timm.data import resolve_data_config
 
 from ..explainers import list_explainers, make_explainer
 from ..models import backbone_of, load_model
-from .datasets import CUBDataset, ILSVRCListDataset, ILSVRCXMLDataset, WSOLDataset, WSOLEvalDataset
+from ..vit import input_config
+from .datasets import DATASET_FORMATS, FORMAT_OPTIONS, PROTOCOLS, WSOLDataset, open_dataset
 from .harness import evaluate
-
-DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,22 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="evaluate an explainer on a WSOL dataset (Top-1/5 Loc, GT-known, MaxBoxAcc, PxAP)",
         description="Explain every image of a WSOL dataset for its ground-truth class and write report.json "
                     "and report.md with the protocol's metrics, the settings and the package versions.")
-    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="a tscam-explain model file (TS-CAM or TRT) or an official TS-CAM / TRT checkpoint")
     parser.add_argument("--model", default="deit_small_patch16_224",
                         help="timm model name, used when no --checkpoint is given (default: %(default)s)")
     parser.add_argument("--pretrained", action="store_true", help="with --model: timm's pretrained weights (needs the hub)")
     parser.add_argument("--explainer", default="tscam", help=f"one of {', '.join(list_explainers())} (default: %(default)s)")
-    parser.add_argument("--protocol", choices=("tscam", "maxboxacc"), default="tscam",
-                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep (default: %(default)s)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="tscam",
+                        help="tscam: the seeds' fixed threshold; maxboxacc: wsolevaluation's sweep; trt: TRT's "
+                             "official evaluation, the tscam metrics plus its one-threshold 'MaxBoxAccV2' "
+                             "(default: %(default)s)")
     parser.add_argument("--data", type=Path, required=True,
                         help="cub: the CUB_200_2011 folder; ilsvrc-xml: the XML folder; ilsvrc-list: the list "
                              "file; wsolevaluation: the metadata split folder")
-    parser.add_argument("--dataset-format", choices=DATASET_FORMATS, default="cub", help="(default: %(default)s)")
-    parser.add_argument("--image-dir", type=Path, help="image root (ilsvrc-xml, ilsvrc-list, wsolevaluation)")
-    parser.add_argument("--mask-dir", type=Path, help="mask root (wsolevaluation OpenImages)")
-    parser.add_argument("--synsets", type=Path, help="ilsvrc-xml: class order, one synset per line")
-    parser.add_argument("--split", choices=("test", "train", "all"), default="test", help="cub split (default: %(default)s)")
-    parser.add_argument("--cam-threshold", type=float, help="tscam protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
+    add_dataset_arguments(parser)
+    parser.add_argument("--cam-threshold", type=float,
+                        help="tscam and trt protocol threshold (default: 0.1 CUB, 0.12 ILSVRC)")
     parser.add_argument("--cam-curve-interval", type=float, default=0.01, help="maxboxacc spacing (default: %(default)s)")
     parser.add_argument("--error-rule", choices=("official", "paper"), default="official",
                         help="error analysis rule of the tscam protocol (default: %(default)s)")
@@ -56,26 +54,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def build_dataset(args: argparse.Namespace, mean: Sequence[float], std: Sequence[float]) -> WSOLDataset:
-    """The reader of ``--dataset-format`` for ``--protocol``, with a clear error for missing options.
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that name a WSOL dataset (shared by ``evaluate`` and ``bench``).
 
     Args:
-        args: the parsed ``evaluate`` options.
+        parser: the subcommand's parser (or an argument group of it).
+    """
+    parser.add_argument("--dataset-format", choices=DATASET_FORMATS, default="cub", help="(default: %(default)s)")
+    parser.add_argument("--image-dir", type=Path, help="image root (ilsvrc-xml, ilsvrc-list, wsolevaluation)")
+    parser.add_argument("--mask-dir", type=Path, help="mask root (wsolevaluation OpenImages)")
+    parser.add_argument("--synsets", type=Path, help="ilsvrc-xml: class order, one synset per line")
+    parser.add_argument("--split", choices=("test", "train", "all"), default="test", help="cub split (default: %(default)s)")
+
+
+def build_dataset(args: argparse.Namespace, protocol: str, mean: Sequence[float], std: Sequence[float],
+                  input_size: int = 224) -> WSOLDataset:
+    """The reader of ``--dataset-format`` for ``protocol``, with a clear error for missing options.
+
+    Args:
+        args: parsed options of :func:`add_dataset_arguments` and ``--data``.
+        protocol: ``tscam``, ``trt`` or ``maxboxacc`` (how boxes are mapped to the input size).
         mean: the model's normalisation mean.
         std: the model's normalisation standard deviation.
+        input_size: side of the model's square input.
     """
-    needs = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
-    for option in needs.get(args.dataset_format, ()):
-        if getattr(args, option) is None:
-            raise SystemExit(f"--dataset-format {args.dataset_format} needs --{option.replace('_', '-')}")
-    normalization = dict(mean=mean, std=std)
-    if args.dataset_format == "cub":
-        return CUBDataset(args.data, args.split, args.protocol, **normalization)
-    if args.dataset_format == "ilsvrc-xml":
-        return ILSVRCXMLDataset(args.data, args.image_dir, args.synsets, args.protocol, **normalization)
-    if args.dataset_format == "ilsvrc-list":
-        return ILSVRCListDataset(args.data, args.image_dir, protocol=args.protocol, **normalization)
-    return WSOLEvalDataset(args.data, args.image_dir, args.mask_dir, args.protocol, **normalization)
+    missing = [option for option in FORMAT_OPTIONS.get(args.dataset_format, ()) if getattr(args, option) is None]
+    if missing:
+        raise SystemExit(f"--dataset-format {args.dataset_format} needs "
+                         + " and ".join("--" + option.replace("_", "-") for option in missing))
+    return open_dataset(args.dataset_format, args.data, protocol, image_dir=args.image_dir, mask_dir=args.mask_dir,
+                        synsets=args.synsets, split=args.split, input_size=input_size, mean=mean, std=std)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,11 +94,16 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.checkpoint is not None:
         model = load_model(args.checkpoint, map_location=args.device)
+        if hasattr(model, "official"):
+            print(model.official.describe())
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained)
     # images are normalised as the backbone was trained (ImageNet's statistics for DeiT, not for every ViT)
-    config = resolve_data_config({}, model=backbone_of(model))
-    dataset = build_dataset(args, config["mean"], config["std"])
+    config = input_config(backbone_of(model))
+    height, width = config["input_size"][-2:]
+    if height != width:
+        raise SystemExit(f"the model takes {height}x{width} inputs; the WSOL readers resize to a square")
+    dataset = build_dataset(args, args.protocol, config["mean"], config["std"], height)
     if args.checkpoint is None and model.num_classes != dataset.num_classes:
         # the data's classes were not known when the model was made; a head of another size has no use here
         model.reset_classifier(dataset.num_classes)
@@ -104,3 +117,4 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown())
     print(f"wrote {json_path} and {markdown_path}")
     return 0
+

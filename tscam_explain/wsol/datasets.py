@@ -11,6 +11,7 @@ ImageNet's; pass the model's own, e.g. timm's ``resolve_data_config({}, model=vi
 ``x0, y0, x1, y1`` in that resized image, transformed as the chosen protocol does it:
 
 * ``"tscam"``: ``int(max(x0 / W * S, 0))``, ``int(min(x1 / W * S, S - 1))`` (TS-CAM's loaders);
+* ``"trt"``: the same (TRT's loaders, ``lib/datasets/cub.py`` and ``imagenet.py``, are TS-CAM's);
 * ``"maxboxacc"``: ``int(x * S / W)`` for every coordinate, no clipping (wsolevaluation's ``resize_bbox``).
 
 Batch them with :func:`wsol_collate` (box counts differ between images).
@@ -46,8 +47,8 @@ from torchvision import transforms
 from .boxes import resize_boxes_maxboxacc, resize_boxes_tscam
 
 PathLike = Union[str, os.PathLike]
-Protocol = Literal["tscam", "maxboxacc"]
-PROTOCOLS = ("tscam", "maxboxacc")
+Protocol = Literal["tscam", "maxboxacc", "trt"]
+PROTOCOLS = ("tscam", "maxboxacc", "trt")
 
 
 class DatasetFormatError(ValueError):
@@ -164,7 +165,7 @@ class WSOLDataset(Dataset):
 
     Args:
         records: the annotated images.
-        protocol: ``"tscam"`` or ``"maxboxacc"`` (how boxes are mapped to the input size).
+        protocol: ``"tscam"``, ``"maxboxacc"`` or ``"trt"`` (how boxes are mapped to the input size).
         input_size: side of the square network input.
         benchmark: ``"CUB"``, ``"ILSVRC"`` or ``"OpenImages"`` (sets default CAM thresholds in the harness).
         num_classes: number of classes, when the annotations say it.
@@ -212,7 +213,7 @@ class WSOLDataset(Dataset):
     def _transform_boxes(self, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
         if len(boxes) == 0:
             return np.zeros((0, 4), dtype=np.int64)
-        if self.protocol == "tscam":
+        if self.protocol in ("tscam", "trt"):
             return resize_boxes_tscam(boxes, (width, height), self.input_size)
         # wsolevaluation reads integer boxes
         return resize_boxes_maxboxacc(np.trunc(boxes), (width, height), self.input_size)
@@ -611,3 +612,44 @@ class WSOLEvalDataset(WSOLDataset):
             if not entry["boxes"] and not entry["masks"]:
                 raise ids[key].error(f"id {key!r} has no line in {path}")
         return entries
+
+
+#: the on-disk formats :func:`open_dataset` reads
+DATASET_FORMATS = ("cub", "ilsvrc-xml", "ilsvrc-list", "wsolevaluation")
+#: the options each format needs besides its path
+FORMAT_OPTIONS = {"ilsvrc-xml": ("image_dir", "synsets"), "ilsvrc-list": ("image_dir",), "wsolevaluation": ("image_dir",)}
+
+
+def open_dataset(dataset_format: str, data: PathLike, protocol: Protocol = "tscam", *,
+                 image_dir: Optional[PathLike] = None, mask_dir: Optional[PathLike] = None,
+                 synsets: Optional[PathLike] = None, split: Literal["train", "test", "all"] = "test",
+                 input_size: int = 224, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                 std: Sequence[float] = IMAGENET_DEFAULT_STD) -> WSOLDataset:
+    """The reader of one of :data:`DATASET_FORMATS`, by name (what ``evaluate`` and ``bench`` open).
+
+    Args:
+        dataset_format: ``cub``, ``ilsvrc-xml``, ``ilsvrc-list`` or ``wsolevaluation``.
+        data: the CUB folder, the XML folder, the list file or the metadata split folder.
+        protocol: see :class:`WSOLDataset`.
+        image_dir: image root (every format but ``cub``).
+        mask_dir: mask root (wsolevaluation masks: OpenImages).
+        synsets: class order (``ilsvrc-xml``).
+        split: CUB split.
+        input_size: see :class:`WSOLDataset`.
+        mean: see :class:`WSOLDataset`.
+        std: see :class:`WSOLDataset`.
+    """
+    if dataset_format not in DATASET_FORMATS:
+        raise ValueError(f"unknown dataset format {dataset_format!r}; expected one of {DATASET_FORMATS}")
+    given = {"image_dir": image_dir, "synsets": synsets}
+    missing = [name for name in FORMAT_OPTIONS.get(dataset_format, ()) if given[name] is None]
+    if missing:
+        raise ValueError(f"dataset format {dataset_format} needs {' and '.join(missing)}")
+    common = dict(input_size=input_size, mean=mean, std=std)
+    if dataset_format == "cub":
+        return CUBDataset(data, split, protocol, **common)
+    if dataset_format == "ilsvrc-xml":
+        return ILSVRCXMLDataset(data, image_dir, synsets, protocol, **common)
+    if dataset_format == "ilsvrc-list":
+        return ILSVRCListDataset(data, image_dir, protocol=protocol, **common)
+    return WSOLEvalDataset(data, image_dir, mask_dir, protocol, **common)

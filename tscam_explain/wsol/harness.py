@@ -34,10 +34,28 @@ from tqdm.auto import tqdm
 from .boxes import maxboxacc_scoremaps, tscam_box, tscam_scoremap
 from .datasets import PROTOCOLS, wsol_collate
 from .metrics import (DEFAULT_IOU_THRESHOLDS, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy,
-                      LocalizationAccuracy, MetricAccumulator, PixelAveragePrecision)
+                      FixedThresholdBoxAccuracy, LocalizationAccuracy, MetricAccumulator, PixelAveragePrecision)
 
 #: TS-CAM's fixed CAM thresholds per benchmark (its configs).
 TSCAM_CAM_THRESHOLDS = {"CUB": 0.1, "ILSVRC": 0.12}
+#: TRT's, as its published evaluation commands set ``MODEL.CAM_THR`` (its ILSVRC config file says 0.1,
+#: the README's ILSVRC command overrides it with 0.12).
+TRT_CAM_THRESHOLDS = {"CUB": 0.1, "ILSVRC": 0.12}
+_FIXED_THRESHOLDS = {"tscam": TSCAM_CAM_THRESHOLDS, "trt": TRT_CAM_THRESHOLDS}
+#: What each protocol computes, in words: every report states it beside its numbers.
+PROTOCOL_DESCRIPTIONS = {
+    "tscam": "the seeds' protocol (TS-CAM's official evaluation): each ground-truth-class map resized bilinearly "
+             "to the input, min-max normalised and cut at ONE CAM threshold (a fraction of its maximum); the largest "
+             "contour's box; Top-1 / Top-5 Loc = class among the top 1 / 5 and IoU > 0.5, GT-known Loc = IoU >= 0.5.",
+    "maxboxacc": "wsolevaluation's protocol: maps resized bicubically and normalised, the CAM threshold swept over "
+                 "0 ... 0.99 and the best threshold taken per IoU level over the whole dataset; MaxBoxAcc = IoU 0.5 "
+                 "with the largest contour, MaxBoxAccV2 = mean over IoU 0.3 / 0.5 / 0.7 with every contour's box; "
+                 "PxAP for mask annotations.",
+    "trt": "TRT's official evaluation (tools_cam/test_cam.py): the seeds' Top-1 / Top-5 / GT-known Loc, and its "
+           "'MaxBoxAccV2' column, which is NOT wsolevaluation's: every contour's box at the same ONE CAM threshold "
+           "(no sweep), scored against each image's first ground-truth box, accuracy at IoU 0.3 / 0.5 / 0.7 and "
+           "their mean; on the same maps at most the swept MaxBoxAccV2.",
+}
 _MAX_PENDING_BATCHES = 2
 _SHOWN_FIXES = 20
 
@@ -71,7 +89,9 @@ class EvaluationReport:
 
     def markdown(self) -> str:
         """A human summary: headline metrics, settings, data fixes, versions."""
-        lines = [f"# WSOL evaluation ({self.settings['protocol']} protocol)", "",
+        protocol = self.settings["protocol"]
+        lines = [f"# WSOL evaluation ({protocol} protocol)", "",
+                 f"Protocol {protocol}: {PROTOCOL_DESCRIPTIONS[protocol]}", "",
                  f"{self.dataset['images']} images of {self.dataset['name']}, explainer "
                  f"{self.settings['explainer']}, {self.seconds:.1f} s.", "", "| metric | value |", "|---|---:|"]
         for name, value in _headline(self.metrics):
@@ -107,6 +127,11 @@ def _headline(metrics: Dict[str, Any]) -> List[Tuple[str, float]]:
             rows.append((name, result["per_iou"][50] if name == "MaxBoxAcc" else result["mean"]))
             rows += [(f"{name} @ IoU {iou} (best CAM threshold {result['best_threshold'][iou]:.2f})", value)
                      for iou, value in result["per_iou"].items()]
+    if "FixedThresholdBoxAccV2" in metrics:
+        result = metrics["FixedThresholdBoxAccV2"]
+        label = f"BoxAccV2 at CAM threshold {result['cam_threshold']:.2f} (TRT's \"MaxBoxAccV2\", not swept)"
+        rows.append((label, result["mean"]))
+        rows += [(f"{label} @ IoU {iou}", value) for iou, value in result["per_iou"].items()]
     if "PxAP" in metrics:
         rows.append(("PxAP", metrics["PxAP"]))
     return rows
@@ -142,7 +167,9 @@ class _ProtocolMetrics:
                  executor: Optional[Executor]) -> None:
         self.protocol = protocol
         self.cam_threshold = cam_threshold
-        self.localization = LocalizationAccuracy(GT_KNOWN_CURVE_IOUS, error_rule) if protocol == "tscam" else None
+        fixed = protocol in _FIXED_THRESHOLDS
+        self.localization = LocalizationAccuracy(GT_KNOWN_CURVE_IOUS, error_rule) if fixed else None
+        self.fixed_boxes = FixedThresholdBoxAccuracy(cam_threshold, iou_thresholds) if protocol == "trt" else None
         self.classification = ClassificationAccuracy() if protocol == "maxboxacc" else None
         self.boxes = (BoxAccuracy(cam_curve_interval, iou_thresholds, executor=executor)
                       if protocol == "maxboxacc" and has_boxes else None)
@@ -151,8 +178,11 @@ class _ProtocolMetrics:
     def update(self, maps: np.ndarray, logits: torch.Tensor, batch: Dict[str, Any], size: Tuple[int, int]) -> None:
         labels, gt_boxes = batch["label"], batch["boxes"]
         if self.localization is not None:
-            pred_boxes = np.stack([tscam_box(tscam_scoremap(cam, size), self.cam_threshold) for cam in maps])
+            maps_u8 = np.stack([tscam_scoremap(cam, size) for cam in maps])
+            pred_boxes = np.stack([tscam_box(scoremap, self.cam_threshold) for scoremap in maps_u8])
             self.localization.update(logits, labels, pred_boxes, gt_boxes)
+            if self.fixed_boxes is not None:
+                self.fixed_boxes.update(maps_u8, gt_boxes)
             return
         self.classification.update(logits, labels)
         scoremaps = maxboxacc_scoremaps(maps, size)
@@ -162,8 +192,8 @@ class _ProtocolMetrics:
             self.pixels.update(scoremaps, batch["mask"], batch["ignore"])
 
     def _accumulators(self) -> List[MetricAccumulator]:
-        return [accumulator for accumulator in (self.localization, self.classification, self.boxes, self.pixels)
-                if accumulator is not None]
+        return [accumulator for accumulator in (self.localization, self.fixed_boxes, self.classification, self.boxes,
+                                                self.pixels) if accumulator is not None]
 
     @property
     def num_images(self) -> int:
@@ -177,7 +207,10 @@ class _ProtocolMetrics:
 
     def compute(self) -> Dict[str, Any]:
         if self.localization is not None:
-            return {"localization": self.localization.compute()}
+            metrics = {"localization": self.localization.compute()}
+            if self.fixed_boxes is not None:
+                metrics["FixedThresholdBoxAccV2"] = self.fixed_boxes.compute()
+            return metrics
         metrics: Dict[str, Any] = {"classification": self.classification.compute()}
         if self.boxes is not None:
             metrics.update(self.boxes.compute())
@@ -205,7 +238,7 @@ def _default_device(explainer: Any) -> torch.device:
     return next(model.parameters()).device if model is not None else torch.device("cpu")
 
 
-def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxboxacc"] = "tscam", *,
+def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxboxacc", "trt"] = "tscam", *,
              batch_size: int = 32, device: Optional[Union[str, torch.device]] = None, num_workers: int = 0,
              cam_threshold: Optional[float] = None, cam_curve_interval: float = 0.01,
              iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
@@ -220,13 +253,18 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
             ``Subset`` of one (e.g. this process's shard, with ``sync``).
         protocol: ``"tscam"``: Top-1/Top-5/GT-known localisation at one CAM threshold, the GT-known
             curve and the error analysis; ``"maxboxacc"``: classification, MaxBoxAcc, MaxBoxAccV2
-            (with curves and best thresholds) and, for mask annotations, PxAP.
+            (with curves and best thresholds) and, for mask annotations, PxAP; ``"trt"``: what TRT's
+            official evaluation reports: the ``tscam`` metrics and, under ``FixedThresholdBoxAccV2``, its
+            "MaxBoxAccV2" column (every contour at the same one CAM threshold, IoU 30/50/70 and their
+            mean; :class:`~tscam_explain.wsol.metrics.FixedThresholdBoxAccuracy`).
+            :data:`PROTOCOL_DESCRIPTIONS` says each in words.
         batch_size: images per forward pass.
         device: where images go (default: the explainer's device); the model must already be there.
         num_workers: ``DataLoader`` worker processes.
-        cam_threshold: the ``tscam`` threshold; default from the dataset's benchmark (0.1 CUB, 0.12 ILSVRC).
+        cam_threshold: the ``tscam`` / ``trt`` threshold; default from the dataset's benchmark (0.1 CUB,
+            0.12 ILSVRC, for both).
         cam_curve_interval: the ``maxboxacc`` threshold spacing.
-        iou_thresholds: the ``maxboxacc`` IoU thresholds, in percent.
+        iou_thresholds: the ``maxboxacc`` and ``trt`` box-accuracy IoU thresholds, in percent.
         error_rule: the error-analysis rule (see :func:`~tscam_explain.wsol.metrics.classify_error`).
         limit: evaluate only the first ``limit`` images.
         metric_workers: threads that share each batch's threshold sweeps (0 or 1: the metric thread
@@ -253,15 +291,16 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         raise ValueError(f"the dataset maps boxes for the {dataset_protocol!r} protocol, not {protocol!r}; "
                          f"build it with protocol={protocol!r}")
     benchmark = getattr(reader, "benchmark", None)
-    if protocol == "tscam" and cam_threshold is None:
-        if benchmark not in TSCAM_CAM_THRESHOLDS:
+    if protocol in _FIXED_THRESHOLDS and cam_threshold is None:
+        defaults = _FIXED_THRESHOLDS[protocol]
+        if benchmark not in defaults:
             raise ValueError(f"no default CAM threshold for benchmark {benchmark!r}; pass cam_threshold "
-                             f"(TS-CAM uses {TSCAM_CAM_THRESHOLDS})")
-        cam_threshold = TSCAM_CAM_THRESHOLDS[benchmark]
+                             f"(the {protocol} protocol uses {defaults})")
+        cam_threshold = defaults[benchmark]
     has_boxes = getattr(reader, "has_boxes", True)
     has_masks = getattr(reader, "has_masks", False)
-    if protocol == "tscam" and not has_boxes:
-        raise ValueError("the tscam protocol needs box annotations; this dataset has masks only")
+    if protocol in _FIXED_THRESHOLDS and not has_boxes:
+        raise ValueError(f"the {protocol} protocol needs box annotations; this dataset has masks only")
     device = torch.device(device) if device is not None else _default_device(explainer)
     subset = Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -304,8 +343,10 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         "batch_size": batch_size, "device": str(device), "limit": limit,
         "input_size": input_size,
     }
-    if protocol == "tscam":
+    if protocol in _FIXED_THRESHOLDS:
         settings.update(cam_threshold=cam_threshold, error_rule=error_rule, gt_known_curve_ious=list(GT_KNOWN_CURVE_IOUS))
+        if protocol == "trt":
+            settings.update(iou_thresholds=list(iou_thresholds))
     else:
         settings.update(cam_curve_interval=cam_curve_interval, iou_thresholds=list(iou_thresholds))
     dataset_info = {"name": benchmark or type(reader).__name__, "reader": type(reader).__name__,

@@ -6,6 +6,7 @@ states from other processes, :meth:`MetricAccumulator.sync` for ``torch.distribu
 ``all_reduce`` of the counts).
 
 * :class:`BoxAccuracy`: wsolevaluation's MaxBoxAcc (largest contour) and MaxBoxAccV2 (all contours).
+* :class:`FixedThresholdBoxAccuracy`: TRT's "MaxBoxAccV2" column: all contours at one CAM threshold.
 * :class:`PixelAveragePrecision`: wsolevaluation's PxAP, with optional ignore regions.
 * :class:`LocalizationAccuracy`: the seeds' Top-1 / Top-5 / GT-known localisation, the GT-known
   curve over IoU thresholds and the error analysis (Cls, M-Ins, Part, More, OT).
@@ -255,6 +256,74 @@ def max_box_acc(scoremaps: Any, gt_boxes: Sequence[Any], *, multi_contour: bool 
                               all_contours=multi_contour)
     accumulator.update(scoremaps, gt_boxes)
     return accumulator.compute()["MaxBoxAccV2" if multi_contour else "MaxBoxAcc"]
+
+
+class FixedThresholdBoxAccuracy(MetricAccumulator):
+    """TRT's "MaxBoxAccV2" as its official evaluation computes it: every contour's box at ONE CAM threshold.
+
+    TRT's ``tools_cam/test_cam.py`` (``TEST.METRICS maxboxaccv2``) runs ``lib/cams_MaxBoxAccV2_deit.py``, a
+    copy of wsolevaluation's box evaluator, with a single threshold ``cfg.MODEL.CAM_THR``. Per image, on
+    the uint8 map of the seeds' pipeline (:func:`~tscam_explain.wsol.boxes.tscam_scoremap`: bilinear
+    resize, min-max, ``× 255``): foreground = pixels ``> int(t · max)``; every contour (``RETR_TREE``) gives
+    a box ``[x, y, x + w, y + h]`` clipped to ``W - 1, H - 1`` (no contour: ``[0, 0, 0, 0]``); the image's
+    score is the best IoU of those boxes with its **first** ground-truth box (the official code passes an
+    image's boxes as one flat list, of which its IoU helper reads the first four numbers; CUB images
+    have one box). Accuracy at IoU δ = % of images with score >= δ / 100; the value is the mean over δ.
+    With one threshold there is nothing to maximise: on the same maps it is at most wsolevaluation's
+    swept MaxBoxAccV2 (:class:`BoxAccuracy`) and not comparable with it.
+
+    Args:
+        cam_threshold: the one CAM threshold, a fraction of the map's maximum in [0, 1) (TRT: 0.1 on CUB,
+            0.12 on ILSVRC in its published evaluation commands).
+        iou_thresholds: IoU thresholds in percent.
+    """
+
+    _state_names = ("num_images", "correct")
+
+    def __init__(self, cam_threshold: float, iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS) -> None:
+        if not 0 <= cam_threshold < 1:
+            raise ValueError(f"cam_threshold must lie in [0, 1); got {cam_threshold}")
+        if not iou_thresholds or any(not 0 < int(iou) <= 100 for iou in iou_thresholds):
+            raise ValueError(f"iou_thresholds must be percentages in (0, 100]; got {list(iou_thresholds)}")
+        self.cam_threshold = float(cam_threshold)
+        self.iou_thresholds = tuple(int(iou) for iou in iou_thresholds)
+        self.num_images = np.zeros((), dtype=np.int64)
+        self.correct = np.zeros(len(self.iou_thresholds), dtype=np.int64)
+
+    def config(self) -> Dict[str, Any]:
+        return {"cam_threshold": self.cam_threshold, "iou_thresholds": self.iou_thresholds}
+
+    def update(self, maps_u8: np.ndarray, gt_boxes: Sequence[Any]) -> np.ndarray:
+        """Add a batch.
+
+        Args:
+            maps_u8: uint8 (B, H, W) maps (:func:`~tscam_explain.wsol.boxes.tscam_scoremap` of each class map).
+            gt_boxes: per image, (k, 4) inclusive ``x0, y0, x1, y1`` ground-truth boxes, k >= 1; only the
+                first is scored, as in the official code.
+
+        Returns:
+            float64 (B,) each image's best all-contour IoU with its first ground-truth box.
+        """
+        maps_u8 = _as_numpy(maps_u8, "maps_u8")
+        if maps_u8.dtype != np.uint8 or maps_u8.ndim != 3:
+            raise ValueError(f"maps_u8 must be uint8 (B, H, W); got {maps_u8.dtype} with shape {maps_u8.shape}")
+        if len(gt_boxes) != len(maps_u8):
+            raise ValueError(f"got {len(gt_boxes)} ground-truth box sets for {len(maps_u8)} score maps")
+        first_boxes = [boxes[:1] for boxes in _checked_gt_boxes(gt_boxes)]
+        scores = sweep_box_ious(maps_u8, first_boxes, np.array([self.cam_threshold]), largest=False,
+                                all_contours=True).all_contours[:, 0]
+        self.correct += (scores[None] >= np.array(self.iou_thresholds)[:, None] / 100).sum(axis=1)
+        self.num_images += len(scores)
+        return scores
+
+    def compute(self) -> Dict[str, Any]:
+        """``{"per_iou": {IoU %: accuracy %}, "mean": %, "cam_threshold": t}``."""
+        if self.num_images == 0:
+            raise ValueError("no image was accumulated; call update() first")
+        # the official arithmetic: counts * 100. / float(cnt), then np.average over the IoU thresholds
+        per_iou = self.correct * 100.0 / float(self.num_images)
+        return {"per_iou": {iou: float(value) for iou, value in zip(self.iou_thresholds, per_iou)},
+                "mean": float(np.average(per_iou)), "cam_threshold": self.cam_threshold}
 
 
 class PixelAveragePrecision(MetricAccumulator):

@@ -1,0 +1,171 @@
+"""The bench's figures (PNG): the overlay grid, a bar chart per metric family, GT-known vs IoU, cost vs quality.
+
+Overlays use pytorch-grad-cam's ``show_cam_on_image``; charts use matplotlib's non-interactive backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from pytorch_grad_cam.utils.image import show_cam_on_image  # noqa: E402
+
+from .report import COLUMNS, lookup  # noqa: E402
+
+if TYPE_CHECKING:
+    from .report import BenchReport
+
+__all__ = ["draw_figures", "FAMILIES"]
+
+#: the bar charts: file stem → (title, CSV columns)
+FAMILIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    "bars_localization": ("Localisation (%)", ("top1_cls", "gt_known", "top1_loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")),
+    "bars_faithfulness": ("Faithfulness", ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined",
+                                           "pointing_game")),
+    "bars_sanity": ("Sanity: Spearman ρ (lower: maps depend on weights / class)",
+                    ("randomization_spearman", "random_logit_spearman")),
+    "bars_cost": ("Cost (× plain forward)", ("x_forward", "x_forward_memory")),
+}
+_PANEL = 128  # overlay panel side in pixels
+_GT_COLOUR = (40, 220, 40)
+_PRED_COLOUR = (240, 40, 40)
+
+
+def _label(row: Dict) -> str:
+    return f"{row['explainer']}\n@{row['model']}"
+
+
+def _draw_box(image: np.ndarray, box: Sequence[int], colour: Tuple[int, int, int], scale: float) -> None:
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
+    cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
+
+
+def overlay_grid(report: "BenchReport", path: Path) -> Path:
+    """Rows: images; columns: the input, then every (model, explainer) with its map, the GT boxes
+    (green) and the box MaxBoxAcc draws at its best threshold (red)."""
+    columns = [(model["model"], row["explainer"]) for model in report.models for row in model["rows"]
+               if row["explainer"] in report.overlays.get(model["model"], {}).get("explainers", {})]
+    first = next(iter(report.overlays.values()))
+    count = min(len(overlay["images"]) for overlay in report.overlays.values())
+    header = 34
+    grid = np.full((header + count * (_PANEL + 4), (len(columns) + 1) * (_PANEL + 4), 3), 255, np.uint8)
+    titles = [("input", "GT green")] + [(name, f"@{model}") for model, name in columns]
+    for column, (title, subtitle) in enumerate(titles):
+        x = column * (_PANEL + 4) + 2
+        cv2.putText(grid, title[:18], (x, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(grid, subtitle[:20], (x, 29), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
+    for index in range(count):
+        y = header + index * (_PANEL + 4)
+        image = first["images"][index]
+        scale = _PANEL / image.shape[0]
+        rgb = cv2.resize(image, (_PANEL, _PANEL), interpolation=cv2.INTER_LINEAR)
+        panel = rgb.copy()
+        for box in first["gt_boxes"][index]:
+            _draw_box(panel, box, _GT_COLOUR, scale)
+        grid[y:y + _PANEL, 2:2 + _PANEL] = panel
+        for column, (model, name) in enumerate(columns, start=1):
+            overlay = report.overlays[model]
+            own = overlay["images"][index]
+            own_scale = _PANEL / own.shape[0]
+            explained = overlay["explainers"][name]
+            cam = cv2.resize(explained["maps"][index], (_PANEL, _PANEL), interpolation=cv2.INTER_LINEAR)
+            background = cv2.resize(own, (_PANEL, _PANEL), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+            panel = show_cam_on_image(background, np.clip(cam, 0, 1), use_rgb=True)
+            for box in overlay["gt_boxes"][index]:
+                _draw_box(panel, box, _GT_COLOUR, own_scale)
+            if explained["boxes"] is not None:
+                _draw_box(panel, explained["boxes"][index], _PRED_COLOUR, own_scale)
+            x = column * (_PANEL + 4) + 2
+            grid[y:y + _PANEL, x:x + _PANEL] = panel
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _bars(report: "BenchReport", path: Path, title: str, keys: Sequence[str]) -> Path:
+    rows = report.rows()
+    columns = [column for column in COLUMNS if column[0] in keys]
+    measured = [column for column in columns if any(lookup(row, column[2]) is not None for row in rows)]
+    figure, axes = plt.subplots(1, max(len(measured), 1), figsize=(3.2 * max(len(measured), 1) + 1, 3.8),
+                                squeeze=False)
+    labels = [_label(row) for row in rows]
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(rows), 2)))
+    for axis, (key, heading, path_in_row, _, better) in zip(axes[0], measured):
+        values = [lookup(row, path_in_row) for row in rows]
+        scale = 100.0 if key == "pointing_game" else 1.0
+        heights = [np.nan if value is None else value * scale for value in values]
+        axis.bar(range(len(rows)), heights, color=colours[:len(rows)])
+        axis.set_title(f"{heading} ({better} is better)", fontsize=9)
+        axis.set_xticks(range(len(rows)))
+        axis.set_xticklabels(labels, rotation=75, fontsize=6)
+        axis.axhline(0, color="black", linewidth=0.5)
+        for position, height in enumerate(heights):
+            if not np.isnan(height):
+                axis.text(position, height, f"{height:.2g}", ha="center",
+                          va="bottom" if height >= 0 else "top", fontsize=6)
+    if not measured:
+        axes[0][0].text(0.5, 0.5, "not measured", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _gt_known_curves(report: "BenchReport", path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for row in report.rows():
+        curve = row.get("localization", {}).get("tscam", {}).get("gt_known_curve")
+        if not curve:
+            continue
+        ious = sorted(float(iou) for iou in curve)
+        values = [curve[iou] if iou in curve else curve[str(iou)] for iou in sorted(curve, key=float)]
+        axis.plot(ious, values, marker="o", markersize=3, label=f"{row['explainer']} @{row['model']}")
+    axis.set_xlabel("IoU threshold")
+    axis.set_ylabel("GT-known localisation accuracy (%)")
+    axis.set_title("GT-known Loc vs IoU (the seeds' protocol)", fontsize=10)
+    axis.set_ylim(0, 100)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _cost_quality(report: "BenchReport", path: Path) -> Path:
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for row in report.rows():
+        cost = lookup(row, ("cost", "x_forward"))
+        quality = lookup(row, ("localization", "maxboxacc", "MaxBoxAccV2", "mean"))
+        if cost is None or quality is None:
+            continue
+        axis.scatter([cost], [quality], s=30)
+        axis.annotate(f"{row['explainer']} @{row['model']}", (cost, quality), fontsize=7, xytext=(4, 3),
+                      textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel("time per image (× plain forward, log scale)")
+    axis.set_ylabel("MaxBoxAccV2 (%)")
+    axis.set_title("Cost against localisation quality", fontsize=10)
+    axis.grid(alpha=0.3, which="both")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def draw_figures(report: "BenchReport", directory: Path) -> List[Path]:
+    """Write every figure into ``directory``; return their paths."""
+    written = []
+    if report.overlays:
+        written.append(overlay_grid(report, directory / "overlays.png"))
+    for stem, (title, keys) in FAMILIES.items():
+        written.append(_bars(report, directory / f"{stem}.png", title, keys))
+    written.append(_gt_known_curves(report, directory / "gt_known_vs_iou.png"))
+    written.append(_cost_quality(report, directory / "cost_vs_quality.png"))
+    return written
