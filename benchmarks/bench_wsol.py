@@ -14,7 +14,8 @@ with the compiled pass in one thread, and with the compiled pass over ``--worker
 three in turn, ``--repeats`` rounds, the fastest of each counts. Every run's curves must equal the loop's.
 
 **evaluate().** ``evaluate(protocol="maxboxacc")`` on ``--eval-count`` images with an explainer that
-replays stored 14x14 maps and logits, so that only the harness and its metrics cost (map resize and
+replays stored 14x14 maps and logits (``tscam_explain.bench.runner.StoredMaps``), so that only the
+harness and its metrics cost (map resize and
 normalisation, classification, MaxBoxAcc and MaxBoxAccV2): images per second of wall time and per
 CPU second of the process (all its threads: the rate per core), with the one metric thread and with
 ``metric_workers=--workers``. torch runs one thread: here it only batches blank images.
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tscam_explain.bench.runner import StoredMaps
 from tscam_explain.wsol import BoxAccuracy, evaluate, maxboxacc_scoremaps
 from tscam_explain.wsol import sweep as sweep_module
 
@@ -90,21 +92,6 @@ def box_accuracy(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], metric: str,
     with per_threshold_loop() if loop else contextlib.nullcontext():
         accumulator.update(scoremaps, gt_boxes)
     return {name: result["curves"] for name, result in accumulator.compute().items()}
-
-
-class ReplayExplainer:
-    """pytorch-grad-cam's contract with no model: hands back stored maps and logits, batch after batch."""
-
-    def __init__(self, maps: np.ndarray, logits: torch.Tensor) -> None:
-        self.maps, self.logits = maps, logits
-        self.outputs = None
-        self.device = torch.device("cpu")
-        self.served = 0
-
-    def __call__(self, input_tensor: torch.Tensor, targets: Sequence) -> np.ndarray:
-        start, self.served = self.served, self.served + len(targets)
-        self.outputs = self.logits[start:self.served]
-        return self.maps[start:self.served]
 
 
 class StoredBoxes(Dataset):
@@ -181,7 +168,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for workers in best:
             wall, cpu = time.perf_counter(), time.process_time()
-            report = evaluate(ReplayExplainer(cams[index], logits), StoredBoxes(labels, boxes), "maxboxacc",
+            replay = StoredMaps(cams[index], logits, torch.from_numpy(labels))
+            report = evaluate(replay, StoredBoxes(labels, boxes), "maxboxacc",
                               batch_size=64, progress=False, metric_workers=workers)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             if {name: report.metrics[name]["curves"] for name in expected} != expected:
