@@ -1,11 +1,12 @@
 # Two entry points for a fresh machine: `make demo` (main job, offline) and `make test`.
 # Both create .venv and install the package with pinned versions from constraints.txt.
+# `make pretrained` rebuilds the shipped models (docs/synth.md; about 20-30 min each on 2 CPU cores).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean pretrained
 
 install: $(STAMP)
 
@@ -15,7 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tscam-explain explain --out out/demo
+	$(VENV)/bin/tscam-explain demo --out out/demo
+
+pretrained: $(STAMP)
+	for name in vit-synth tscam-synth trt-synth; do $(VENV)/bin/tscam-explain pretrained build $$name || exit 1; done
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """The one compiled part: ``tscam_explain.wsol._levelsets`` (see its source for why).
 
 ``optional=True``: without a C compiler the package still installs, and the WSOL sweep falls back
-to its numpy/OpenCV path (same results, slower).
+to the per-threshold OpenCV loop, its definition (same results, slower).
 """
 from setuptools import Extension, setup
 

@@ -1,81 +1,53 @@
-"""Speed of MaxBoxAccV2 (100 thresholds, all contours) against a straightforward implementation.
+"""Speed of wsolevaluation's box metrics: compiled sweep against per-threshold loop, and evaluate()'s metric path.
 
-``--largest`` measures MaxBoxAcc instead (the largest contour at each threshold).
-
-Two sets of 224x224 maps from ``shared/wsol_reference/cases.py`` (beside the repository):
+Maps, 224x224, from ``shared/wsol_reference/cases.py`` (beside the repository):
 
 * smooth: the 20 ``lowres_cams`` (14x14) bicubic-upsampled and normalised as wsolevaluation does,
   tiled to ``--smooth-count`` maps;
 * noisy: the reference cases themselves (blobs plus pixel noise), ``--noisy-count`` of them.
 
-For each set it times :func:`naive_max_box_acc` (one threshold, one ``findContours`` at a time, in the
-spirit of wsolevaluation's ``BoxEvaluator``) and ``tscam_explain.wsol.BoxAccuracy`` (one thread; then
-``--workers`` threads, which the compiled sweep allows since it releases the GIL; then ``--workers``
-processes), checks that all results are identical, and prints a markdown table.
+**The sweep.** For each set and each metric (MaxBoxAcc: the largest contour; MaxBoxAccV2: every
+contour; and both together), ``BoxAccuracy`` (the float-to-uint8 conversion, the input checks, the
+sweep and the counting) runs with the per-threshold loop (``per_threshold_box_ious``, the definition
+and the fallback without the extension: one ``cv2.threshold`` + ``cv2.findContours`` per threshold),
+with the compiled pass in one thread, and with the compiled pass over ``--workers`` threads: the
+three in turn, ``--repeats`` rounds, the fastest of each counts. Every run's curves must equal the loop's.
+
+**evaluate().** ``evaluate(protocol="maxboxacc")`` on ``--eval-count`` images with an explainer that
+replays stored 14x14 maps and logits (``tscam_explain.bench.runner.StoredMaps``), so that only the
+harness and its metrics cost (map resize and
+normalisation, classification, MaxBoxAcc and MaxBoxAccV2): images per second of wall time and per
+CPU second of the process (all its threads: the rate per core), with the one metric thread and with
+``metric_workers=--workers``. torch runs one thread: here it only batches blank images.
 
 Run: ``.venv/bin/python benchmarks/bench_wsol.py``
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import multiprocessing
+import os
 import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-from tscam_explain.wsol import BoxAccuracy, box_iou, cam_thresholds, maxboxacc_scoremap
+from tscam_explain.bench.runner import StoredMaps
+from tscam_explain.wsol import BoxAccuracy, evaluate, maxboxacc_scoremaps
 from tscam_explain.wsol import sweep as sweep_module
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-IOU_THRESHOLDS = (30, 50, 70)
-
-
-def naive_box_ious(scoremap: np.ndarray, gt_boxes: np.ndarray, thresholds: np.ndarray,
-                   multi_contour: bool) -> np.ndarray:
-    """Best IoU per threshold of one map: threshold, find contours, read boxes, one threshold at a time."""
-    scoremap_image = (scoremap * 255).astype(np.uint8)
-    height, width = scoremap_image.shape
-    boxes: List[List[int]] = []
-    boxes_per_threshold: List[int] = []
-    for threshold in thresholds:
-        _, binary = cv2.threshold(scoremap_image, int(threshold * np.max(scoremap_image)), 255, cv2.THRESH_BINARY)
-        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-        if len(contours) == 0:
-            boxes.append([0, 0, 0, 0])
-            boxes_per_threshold.append(1)
-            continue
-        if not multi_contour:
-            contours = [max(contours, key=cv2.contourArea)]
-        for contour in contours:
-            x, y, w, h = cv2.boundingRect(contour)
-            boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
-        boxes_per_threshold.append(len(contours))
-    best_per_box = box_iou(np.array(boxes), gt_boxes).max(axis=1)
-    best, start = [], 0
-    for count in boxes_per_threshold:
-        best.append(best_per_box[start:start + count].max())
-        start += count
-    return np.array(best)
-
-
-def naive_max_box_acc(scoremaps: np.ndarray, gt_boxes: Sequence[np.ndarray], *, multi_contour: bool,
-                      cam_curve_interval: float = 0.01) -> Dict[int, List[float]]:
-    """Accuracy curves {IoU %: [% per threshold]} by the straightforward loop."""
-    thresholds = cam_thresholds(cam_curve_interval)
-    correct = {iou: np.zeros(len(thresholds)) for iou in IOU_THRESHOLDS}
-    for scoremap, boxes in zip(scoremaps, gt_boxes):
-        best = naive_box_ious(scoremap, boxes, thresholds, multi_contour)
-        for iou in IOU_THRESHOLDS:
-            correct[iou][best >= iou / 100] += 1
-    return {iou: (counts * 100.0 / float(len(scoremaps))).tolist() for iou, counts in correct.items()}
+METRICS = {"MaxBoxAcc": (True, False), "MaxBoxAccV2": (False, True), "both": (True, True)}
 
 
 def load_cases():
@@ -89,33 +61,54 @@ def load_cases():
     return module.load(7)
 
 
-def benchmark_sets(smooth_count: int, noisy_count: int) -> Dict[str, Tuple[np.ndarray, List[np.ndarray]]]:
-    cases = load_cases()
-    gt = [cases["boxes"][i, :cases["box_counts"][i]] for i in range(len(cases["boxes"]))]
-    smooth = np.stack([maxboxacc_scoremap(cam, (224, 224)) for cam in cases["lowres_cams"]])
-    smooth_index = np.arange(smooth_count) % len(smooth)
-    return {
-        "smooth (upsampled 14x14 CAMs)": (smooth[smooth_index], [gt[i % len(gt)] for i in range(smooth_count)]),
-        "noisy (reference cases)": (cases["scoremaps"][:noisy_count], gt[:noisy_count]),
-    }
+@contextlib.contextmanager
+def per_threshold_loop() -> Iterator[None]:
+    """Sweeps as without the extension: every one runs the per-threshold loop."""
+    compiled = sweep_module._levelsets
+    sweep_module._levelsets = None
+    try:
+        yield
+    finally:
+        sweep_module._levelsets = compiled
 
 
-def best_time(function: Callable[[], object], repeats: int) -> Tuple[float, object]:
-    """The fastest of ``repeats`` runs (the machine may be shared) and the last result."""
-    best, result = float("inf"), None
+def fastest(functions: Sequence[Callable[[], object]], repeats: int) -> Tuple[List[float], List[object]]:
+    """Each function's fastest of ``repeats`` runs, taken in turn (round after round, so that a busy
+    moment of the shared machine hits all of them), and its last result."""
+    seconds, results = [float("inf")] * len(functions), [None] * len(functions)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            results[index] = function()
+            seconds[index] = min(seconds[index], time.perf_counter() - start)
+    return seconds, results
 
 
-def fast_curves(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], executor=None,
-                largest: bool = False) -> Dict[int, List[float]]:
-    accumulator = BoxAccuracy(0.01, IOU_THRESHOLDS, largest_contour=largest, all_contours=not largest,
-                              executor=executor)
-    accumulator.update(scoremaps, gt_boxes)
-    return accumulator.compute()["MaxBoxAcc" if largest else "MaxBoxAccV2"]["curves"]
+def box_accuracy(scoremaps: np.ndarray, gt_boxes: List[np.ndarray], metric: str, executor=None,
+                 loop: bool = False) -> Dict:
+    """``BoxAccuracy``'s curves of one metric (or both), by the compiled pass or by the per-threshold loop."""
+    largest, every = METRICS[metric]
+    accumulator = BoxAccuracy(0.01, largest_contour=largest, all_contours=every, executor=executor)
+    with per_threshold_loop() if loop else contextlib.nullcontext():
+        accumulator.update(scoremaps, gt_boxes)
+    return {name: result["curves"] for name, result in accumulator.compute().items()}
+
+
+class StoredBoxes(Dataset):
+    """What evaluate() reads from a reader: a (blank) 224x224 image, a label and the boxes of each item."""
+
+    protocol = "maxboxacc"
+
+    def __init__(self, labels: np.ndarray, boxes: List[np.ndarray]) -> None:
+        self.labels, self.boxes = labels, boxes
+        self.image = torch.zeros(1, 224, 224, dtype=torch.uint8)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Dict:
+        return {"image": self.image, "label": int(self.labels[index]), "boxes": torch.from_numpy(self.boxes[index]),
+                "image_id": str(index), "fixes": []}
 
 
 def cpu_model() -> str:
@@ -131,44 +124,78 @@ def cpu_model() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smooth-count", type=int, default=300)
-    parser.add_argument("--noisy-count", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2,
-                        help="threads, then processes, for the parallel runs (default: %(default)s)")
-    parser.add_argument("--largest", action="store_true", help="measure MaxBoxAcc (largest contour) instead")
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats of every run, the fastest counts (default: %(default)s)")
+    parser.add_argument("--noisy-count", type=int, default=30)
+    parser.add_argument("--eval-count", type=int, default=2048)
+    parser.add_argument("--workers", type=int, default=2, help="threads for the parallel runs (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timing rounds, every run once per round; the fastest counts (default: %(default)s)")
     args = parser.parse_args()
+    if sweep_module._levelsets is None:
+        sys.exit("the compiled sweep (tscam_explain.wsol._levelsets) is not built: nothing to compare")
+    # torch only batches the blank images here; its thread pool would just wait for cores the metrics use
+    torch.set_num_threads(1)
 
-    sets = benchmark_sets(args.smooth_count, args.noisy_count)
+    cases = load_cases()
+    gt = [cases["boxes"][i, :cases["box_counts"][i]] for i in range(len(cases["boxes"]))]
+    cams = cases["lowres_cams"]
+    smooth = maxboxacc_scoremaps(cams, (224, 224))
+    sets = {
+        "smooth": (smooth[np.arange(args.smooth_count) % len(smooth)],
+                   [gt[i % len(gt)] for i in range(args.smooth_count)]),
+        "noisy": (cases["scoremaps"][:args.noisy_count], gt[:args.noisy_count]),
+    }
     threads = ThreadPoolExecutor(args.workers)
-    processes = ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"))
-    warm_up = sets["smooth (upsampled 14x14 CAMs)"]
-    fast_curves(warm_up[0][:8], warm_up[1][:8], processes)  # start the workers outside the timings
     rows = []
-    for name, (scoremaps, gt_boxes) in sets.items():
-        naive_seconds, naive = best_time(
-            lambda: naive_max_box_acc(scoremaps, gt_boxes, multi_contour=not args.largest), args.repeats)
-        rates = []
-        for executor in (None, threads, processes):
-            seconds, curves = best_time(lambda: fast_curves(scoremaps, gt_boxes, executor, args.largest),
-                                        args.repeats)
-            if curves != naive:
-                sys.exit(f"results differ from the straightforward loop on the {name} maps")
-            rates.append(len(scoremaps) / seconds)
-        rows.append((name, len(scoremaps), len(scoremaps) / naive_seconds, rates))
-    threads.shutdown()
-    processes.shutdown()
+    for set_name, (scoremaps, gt_boxes) in sets.items():
+        for metric in METRICS:
+            runs = [lambda: box_accuracy(scoremaps, gt_boxes, metric, loop=True),
+                    lambda: box_accuracy(scoremaps, gt_boxes, metric),
+                    lambda: box_accuracy(scoremaps, gt_boxes, metric, threads)]
+            seconds, curves = fastest(runs, args.repeats)
+            if any(result != curves[0] for result in curves[1:]):
+                sys.exit(f"{metric} differs from the per-threshold loop on the {set_name} maps")
+            rates = [len(scoremaps) / run_seconds for run_seconds in seconds]
+            rows.append((set_name, metric, len(scoremaps), rates[0], rates[1:]))
 
-    engine = "compiled (_levelsets)" if sweep_module._levelsets is not None else "numpy fallback (extension not built)"
-    print(f"CPU: {cpu_model()} ({multiprocessing.cpu_count()} cores), OpenCV {cv2.__version__}, numpy {np.__version__}")
-    metric = ("MaxBoxAcc, largest contour, numpy/OpenCV sweep" if args.largest
-              else f"MaxBoxAccV2, all contours, {engine} sweep")
-    print(f"{metric}; 224x224 maps, 100 thresholds; identical curves in every run.\n")
-    print(f"| maps | count | straightforward (img/s) | tscam_explain, 1 thread (img/s) | ratio "
-          f"| {args.workers} threads (img/s) | ratio | {args.workers} processes (img/s) | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, count, naive_rate, rates in rows:
-        cells = " | ".join(f"{rate:.0f} | {rate / naive_rate:.1f}x" for rate in rates)
-        print(f"| {name} | {count} | {naive_rate:.0f} | {cells} |")
+    # evaluate(): the stored 14x14 maps of the smooth set, replayed
+    count = args.eval_count
+    index = np.arange(count) % len(cams)
+    labels = np.random.RandomState(0).randint(0, 200, count)
+    logits = torch.from_numpy(np.random.RandomState(1).normal(size=(count, 200)).astype(np.float32))
+    boxes = [gt[i % len(gt)] for i in range(count)]
+    expected = box_accuracy(smooth[index], boxes, "both")
+    best = {workers: (float("inf"), float("inf")) for workers in (0, args.workers)}
+    for _ in range(args.repeats):
+        for workers in best:
+            wall, cpu = time.perf_counter(), time.process_time()
+            replay = StoredMaps(cams[index], logits, torch.from_numpy(labels))
+            report = evaluate(replay, StoredBoxes(labels, boxes), "maxboxacc",
+                              batch_size=64, progress=False, metric_workers=workers)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if {name: report.metrics[name]["curves"] for name in expected} != expected:
+                sys.exit("evaluate() gives other curves than BoxAccuracy on the same maps")
+            best[workers] = min(best[workers], (wall, cpu))
+    eval_rows = [(workers, count / wall, count / cpu) for workers, (wall, cpu) in best.items()]
+    threads.shutdown()
+
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"CPU: {cpu_model()} ({multiprocessing.cpu_count()} cores), load average {load} (1, 5, 15 min); "
+          f"OpenCV {cv2.__version__}, numpy {np.__version__}, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads)")
+    print("224x224 maps, 100 thresholds; every run's curves equal the per-threshold loop's.\n")
+    print(f"| maps | metric | count | per-threshold loop (img/s) | compiled, 1 thread (img/s) | ratio "
+          f"| {args.workers} threads (img/s) | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for set_name, metric, count_, loop_rate, rates in rows:
+        cells = " | ".join(f"{rate:.0f} | {rate / loop_rate:.1f}x" for rate in rates)
+        print(f"| {set_name} | {metric} | {count_} | {loop_rate:.0f} | {cells} |")
+    print(f"\nevaluate(protocol=\"maxboxacc\"), {count} replayed 14x14 maps (smooth set), batch 64, "
+          "MaxBoxAcc + MaxBoxAccV2 + classification:\n")
+    print("| metric threads | img/s (wall) | img per CPU second |")
+    print("|---|---:|---:|")
+    for workers, wall_rate, cpu_rate in eval_rows:
+        print(f"| {'1 (metric_workers=0)' if workers == 0 else f'{workers} (metric_workers={workers})'} "
+              f"| {wall_rate:.0f} | {cpu_rate:.0f} |")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
 #   3. the demo (bench on the shipped models) on the GPU, with the models of step 1.
 # Each step's results are packed into $OUT/results.tar.gz as soon as it ends, so a run cut short keeps them.
 #
-#   OUT=out/gpu bash benchmarks/gpu_checks.sh
+#   OUT=out/gpu bash benchmarks/gpu_checks.sh          (STEPS="build demo" runs only those steps)
 set -uo pipefail
+STEPS=${STEPS:-build bench_train demo}
 OUT=${OUT:-out/gpu}
 PY=${PYTHON:-python3}
 WORK=$OUT/work
@@ -23,7 +24,7 @@ $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__ver
 nproc >> "$WORK/gpu.txt"
 cat "$WORK/gpu.txt"
 
-for name in vit-synth tscam-synth trt-synth; do
+for name in $([[ $STEPS == *build* ]] && echo vit-synth tscam-synth trt-synth); do
   log "build $name"
   start=$SECONDS
   $PY -m tscam_explain.cli pretrained build "$name" --device cuda --data-dir "$WORK/data" --runs-dir "$WORK/runs" \
@@ -34,10 +35,13 @@ for name in vit-synth tscam-synth trt-synth; do
   pack
 done
 
-log "bench_train"
-$PY benchmarks/bench_train.py --device cuda --batch 128 --steps 20 --rounds 5 > "$WORK/bench_train.txt" 2>&1
-tail -15 "$WORK/bench_train.txt"
-pack
+if [[ $STEPS == *bench_train* ]]; then
+  log "bench_train"
+  $PY benchmarks/bench_train.py --device cuda --batch 128 --steps 20 --rounds 5 > "$WORK/bench_train.txt" 2>&1
+  tail -15 "$WORK/bench_train.txt"
+  pack
+fi
+[[ $STEPS == *demo* ]] || exit 0
 
 log "demo on the GPU with the models just built"
 cp "$WORK"/pretrained/*-synth.* tscam_explain/pretrained/ 2>/dev/null

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -87,6 +88,27 @@ def test_maxboxacc_protocol_plumbing_gives_the_hand_computed_numbers(tmp_path):
         assert result["curves"][50] == [pytest.approx(200 / 3)] * 100
         assert result["best_threshold"][50] == 0.0
     assert "PxAP" not in report.metrics
+
+
+class SpeckledBlockExplainer(BlockExplainer):
+    """Block maps plus smoothed noise, drawn afresh for each batch: many contours, holes and ties."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = np.random.RandomState(0)
+
+    def __call__(self, input_tensor: torch.Tensor, targets: List) -> np.ndarray:
+        maps = super().__call__(input_tensor, targets)
+        noise = self.rng.uniform(size=maps.shape).astype(np.float32)
+        return maps + np.stack([cv2.GaussianBlur(layer, (0, 0), 2) for layer in noise])
+
+
+def test_metric_threads_give_the_metrics_of_one_thread(tmp_path):
+    dataset = block_dataset(tmp_path, "maxboxacc")
+    alone = evaluate(SpeckledBlockExplainer(), dataset, "maxboxacc", batch_size=3, progress=False)
+    threads = evaluate(SpeckledBlockExplainer(), dataset, "maxboxacc", batch_size=3, progress=False, metric_workers=3)
+    assert threads.metrics == alone.metrics
+    assert 0 < alone.metrics["MaxBoxAcc"]["per_iou"][30] < 100  # the noise matters
 
 
 def test_trt_protocol_plumbing_gives_the_hand_computed_numbers(tmp_path):

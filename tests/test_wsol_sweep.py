@@ -1,17 +1,13 @@
-"""The fast threshold sweep gives exactly the boxes' IoUs of the straightforward per-threshold loop.
+"""The compiled sweep gives exactly the IoUs of the definition, the per-threshold OpenCV loop.
 
-The oracle is ``naive_box_ious`` of benchmarks/bench_wsol.py: ``cv2.threshold`` + ``cv2.findContours``
-at every threshold, the largest ``contourArea`` or every ``boundingRect``, as wsolevaluation does.
-The all-contour IoUs have two engines, the compiled one (``_levelsets``, the default) and the
-numpy/OpenCV fallback used where the extension is not built; both are checked.
-Maps are built to reach every branch of the sweep: smooth blobs, speckle noise, rings (holes,
-including thin ones whose hole contour nearly ties with the outer one), grids of equal squares (ties
-for the largest contour), few grey levels, shapes on the image border, tiny and constant maps.
+The oracle is ``per_threshold_box_ious`` (``cv2.threshold`` + ``cv2.findContours`` at every threshold,
+the largest ``contourArea`` or every ``boundingRect``, as wsolevaluation does), which is also the
+fallback where the extension is not built. Map families: smooth blobs, speckle noise, rings (holes,
+including thin ones whose hole contour ties with the outer one), grids of equal squares (ties for the
+largest contour), few grey levels, shapes on the image border, tiny and constant maps, saddles and
+rings of peaks, and a thousand random maps of mixed kinds from 1x1 to 224x224.
 """
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,18 +15,31 @@ import pytest
 
 from tscam_explain.wsol import cam_thresholds, maxboxacc_scoremap, scoremaps_to_uint8, sweep_box_ious
 from tscam_explain.wsol import sweep as sweep_module
+from tscam_explain.wsol.sweep import per_threshold_box_ious
 
 try:
     from tscam_explain.wsol import _levelsets
-except ImportError:  # reported by test_compiled_sweep_is_built; the fallback tests still run
+except ImportError:  # reported by test_compiled_sweep_is_built
     _levelsets = None
 
-_BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_wsol.py"
-_spec = importlib.util.spec_from_file_location("bench_wsol", _BENCH)
-bench_wsol = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_wsol)
-
 THRESHOLDS = cam_thresholds(0.01)
+
+
+def _require_compiled() -> None:
+    if _levelsets is None:
+        pytest.fail("tscam_explain.wsol._levelsets is not built (was there a C compiler at install time?); "
+                    "without it every sweep runs the per-threshold loop")
+
+
+def _assert_sweep_equals_loop(maps_u8: np.ndarray, gt_boxes, thresholds: np.ndarray = THRESHOLDS) -> None:
+    """Both metrics, compiled, against the loop; one batch (several images per call of the pass)."""
+    _require_compiled()
+    result = sweep_box_ious(maps_u8, gt_boxes, thresholds)
+    expected = per_threshold_box_ious(maps_u8, gt_boxes, thresholds)
+    for index in range(len(maps_u8)):
+        np.testing.assert_array_equal(result.largest[index], expected.largest[index], err_msg=f"map {index}")
+        np.testing.assert_array_equal(result.all_contours[index], expected.all_contours[index],
+                                      err_msg=f"map {index}")
 
 
 def _normalised(raw: np.ndarray) -> np.ndarray:
@@ -77,87 +86,6 @@ def _few_levels(rng: np.random.RandomState, size: int) -> np.ndarray:
     return _normalised(np.kron(coarse, np.ones((8, 8)))[:size, :size])
 
 
-def _cases(rng: np.random.RandomState):
-    """(map, gt boxes) pairs covering the sweep's branches."""
-    maps = []
-    for _ in range(6):
-        maps.append(_blobs(rng, 64, rng.randint(1, 4), 0.0))
-        maps.append(_blobs(rng, 64, rng.randint(1, 4), rng.uniform(0.01, 0.08)))
-        maps.append(_rings(rng, 64))
-        maps.append(_square_grid(rng, 64))
-        maps.append(_few_levels(rng, 64))
-    maps.append(np.zeros((64, 64), np.float32))  # empty at every threshold
-    maps.append(np.full((64, 64), 0.004, np.float32))  # uint8 max 1: few cut levels
-    edge = np.zeros((64, 64), np.float32)
-    edge[:, :5] = 1.0
-    edge[60:, :] = 0.6
-    maps.append(edge)  # foreground on the image border
-    maps.append(rng.uniform(size=(1, 9)).astype(np.float32))  # one row
-    maps.append(rng.uniform(size=(7, 1)).astype(np.float32))  # one column
-    maps.append(rng.uniform(size=(3, 3)).astype(np.float32))
-    cases = []
-    for scoremap in maps:
-        height, width = scoremap.shape
-        count = rng.randint(1, 4)
-        x0, y0 = rng.randint(0, width, count), rng.randint(0, height, count)
-        x1 = np.minimum(x0 + rng.randint(0, width, count), width + 3)  # GT may reach past the map
-        y1 = np.minimum(y0 + rng.randint(0, height, count), height + 3)
-        cases.append((scoremap, np.stack([x0, y0, x1, y1], axis=1)))
-    cases.append((np.zeros((64, 64), np.float32), np.array([[0, 0, 2, 2]])))  # the empty box overlaps GT
-    return cases
-
-
-@pytest.fixture(scope="module")
-def cases_and_oracle():
-    cases = _cases(np.random.RandomState(3))
-    oracle = [(bench_wsol.naive_box_ious(m, b, THRESHOLDS, False), bench_wsol.naive_box_ious(m, b, THRESHOLDS, True))
-              for m, b in cases]
-    return cases, oracle
-
-
-def _use_numpy_sweep(monkeypatch) -> None:
-    """Run the all-contour sweep through the numpy/OpenCV fallback, as without the extension."""
-    monkeypatch.setattr(sweep_module, "_levelsets", None)
-
-
-def _require_compiled() -> None:
-    if _levelsets is None:
-        pytest.fail("tscam_explain.wsol._levelsets is not built (was there a C compiler at install time?); "
-                    "the numpy fallback is tested on its own, the compiled sweep cannot be")
-
-
-@pytest.fixture(params=["compiled", "numpy"])
-def sweep_engine(request, monkeypatch) -> str:
-    """The all-contour sweep's engine for one test: the extension, or the numpy/OpenCV fallback."""
-    if request.param == "compiled":
-        _require_compiled()
-    else:
-        _use_numpy_sweep(monkeypatch)
-    return request.param
-
-
-def test_compiled_sweep_is_built():
-    """The set-up builds the extension; without it MaxBoxAccV2 silently runs the slower fallback."""
-    _require_compiled()
-    assert sweep_module._levelsets is _levelsets
-
-
-@pytest.mark.parametrize("engine", ["compiled", "auto", "always_trace", "always_label"])
-def test_sweep_equals_per_threshold_loop(cases_and_oracle, engine, monkeypatch):
-    """The compiled sweep, and each numpy engine alone (tracing, labelling) or mixed, give the oracle's IoUs."""
-    if engine == "compiled":
-        _require_compiled()
-    else:
-        _use_numpy_sweep(monkeypatch)
-        contour_cost = {"auto": sweep_module._PIXELS_PER_CONTOUR, "always_trace": 0, "always_label": 10 ** 12}[engine]
-        monkeypatch.setattr(sweep_module, "_PIXELS_PER_CONTOUR", contour_cost)
-    cases, oracle = cases_and_oracle
-    for (scoremap, boxes), (expected_largest, expected_all) in zip(cases, oracle):
-        result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS)
-        np.testing.assert_array_equal(result.largest[0], expected_largest)
-        np.testing.assert_array_equal(result.all_contours[0], expected_all)
-
-
 def _peaks(rng: np.random.RandomState, size: int) -> np.ndarray:
     """Smooth maps whose level sets split into several blobs at saddles, some cut by the border, some ringed."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -171,100 +99,176 @@ def _peaks(rng: np.random.RandomState, size: int) -> np.ndarray:
     return _normalised(np.round(raw * rng.choice([8, 40, 255])))  # coarse steps: plateaus and ties
 
 
-@pytest.fixture(scope="module")
-def peak_cases():
-    rng = np.random.RandomState(11)
-    cases = []
-    for index in range(40):
-        scoremap = _peaks(rng, 48 if index % 2 else 96)
-        height, width = scoremap.shape
-        x0, y0 = rng.randint(0, width // 2, 3), rng.randint(0, height // 2, 3)
-        boxes = np.stack([x0, y0, x0 + rng.randint(1, width // 2, 3), y0 + rng.randint(1, height // 2, 3)], axis=1)
-        cases.append((scoremap, boxes, bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True)))
-    return cases
-
-
-@pytest.mark.parametrize("rounds", [0, 1, 4, 1000])
-def test_all_contour_boxes_from_regions_equal_per_threshold_loop(peak_cases, cases_and_oracle, rounds, monkeypatch):
-    """Without the extension, MaxBoxAccV2 alone takes the region labelling for several blobs; any rounds, same IoUs."""
-    _use_numpy_sweep(monkeypatch)
-    monkeypatch.setattr(sweep_module, "_MAX_REGION_ROUNDS", rounds)
-    cases, oracle = cases_and_oracle
-    for scoremap, boxes, expected in peak_cases + [(m, b, o[1]) for (m, b), o in zip(cases, oracle)]:
-        result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS, largest=False)
-        assert result.largest is None
-        np.testing.assert_array_equal(result.all_contours[0], expected)
-
-
-def test_level_topology_matches_components_and_holes(peak_cases, cases_and_oracle):
-    """At every level: 4 E = 4 (8-connected components - holes), and no hole where no minimum is suspect."""
-    maps = [case[0] for case in peak_cases] + [case[0] for case in cases_and_oracle[0]]
-    for scoremap in maps:
-        u = scoremaps_to_uint8(scoremap[None])[0]
-        topology = sweep_module._level_topology(u)
-        for cut in range(int(u.max())):
-            mask = (u > cut).view(np.uint8)
-            components = cv2.connectedComponents(mask, connectivity=8)[0] - 1
-            contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-            holes = 0 if hierarchy is None else int(np.count_nonzero(hierarchy[0, :, 3] >= 0))
-            assert topology.euler4[cut] == 4 * (components - holes)
-            if topology.hole_suspects[cut] == 0:
-                assert holes == 0
+def _random_boxes(rng: np.random.RandomState, height: int, width: int) -> np.ndarray:
+    count = rng.randint(1, 4)
+    x0, y0 = rng.randint(0, width, count), rng.randint(0, height, count)
+    x1 = np.minimum(x0 + rng.randint(0, width, count), width + 3)  # GT may reach past the map
+    y1 = np.minimum(y0 + rng.randint(0, height, count), height + 3)
+    return np.stack([x0, y0, x1, y1], axis=1)
 
 
 def _thin_ring() -> np.ndarray:
     ring = np.zeros((40, 40), np.float32)
-    cv2.rectangle(ring, (5, 5), (30, 30), 1.0, 1)  # the hole contour's area bound reaches the outer area
+    cv2.rectangle(ring, (5, 5), (30, 30), 1.0, 1)  # the hole contour's area equals the outer one's
     return ring
 
 
 def _two_equal_squares() -> np.ndarray:
     squares = np.zeros((40, 40), np.float32)
-    squares[20:24, 30:34] = 1  # the later square in raster order comes first in the grid below
+    squares[20:24, 30:34] = 1  # equal areas: OpenCV lists the later one (raster order) first
     squares[2:6, 2:6] = 1
     return squares
 
 
 def _hundred_dots() -> np.ndarray:
     dots = np.zeros((40, 40), np.float32)
-    dots[1::4, 1::4] = 1  # 100 equal single-pixel components: more candidates than worth tracing alone
+    dots[1::4, 1::4] = 1  # 100 single-pixel components, all of area 0
     return dots
 
 
-@pytest.mark.parametrize("scoremap", [_thin_ring(), _two_equal_squares(), _hundred_dots()],
-                         ids=["hole-may-be-largest", "tie-for-largest", "too-many-candidates"])
-def test_labelled_tiles_fall_back_to_tracing_for_the_largest_contour(scoremap, monkeypatch):
-    """Where labelling cannot decide the largest contour, the full trace gives OpenCV's own choice."""
-    _use_numpy_sweep(monkeypatch)
-    monkeypatch.setattr(sweep_module, "_PIXELS_PER_CONTOUR", 10 ** 12)
-    boxes = np.array([[0, 0, 10, 10], [20, 2, 35, 30]])
-    result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS)
-    np.testing.assert_array_equal(result.largest[0], bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, False))
-    np.testing.assert_array_equal(result.all_contours[0], bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True))
+def _family_maps(rng: np.random.RandomState):
+    """The maps of the sweep's earlier tests: every kind the numpy engine had a branch for."""
+    maps = []
+    for _ in range(6):
+        maps.append(_blobs(rng, 64, rng.randint(1, 4), 0.0))
+        maps.append(_blobs(rng, 64, rng.randint(1, 4), rng.uniform(0.01, 0.08)))
+        maps.append(_rings(rng, 64))
+        maps.append(_square_grid(rng, 64))
+        maps.append(_few_levels(rng, 64))
+    maps.append(np.zeros((64, 64), np.float32))  # empty at every threshold
+    maps.append(np.full((64, 64), 0.004, np.float32))  # uint8 max 1: few cut levels
+    edge = np.zeros((64, 64), np.float32)
+    edge[:, :5] = 1.0
+    edge[60:, :] = 0.6
+    maps.append(edge)  # foreground on the image border
+    maps += [_thin_ring(), _two_equal_squares(), _hundred_dots()]
+    maps += [_peaks(rng, 48 if index % 2 else 96) for index in range(40)]
+    return maps
 
 
-def test_full_size_smooth_and_noisy_maps(sweep_engine):
+def test_compiled_sweep_is_built():
+    """The set-up builds the extension; without it both metrics silently run the slower loop."""
+    _require_compiled()
+    assert sweep_module._levelsets is _levelsets
+
+
+def test_sweep_equals_the_loop_on_every_family():
+    rng = np.random.RandomState(3)
+    by_shape = {}
+    for scoremap in _family_maps(rng):
+        by_shape.setdefault(scoremap.shape, []).append((scoremap, _random_boxes(rng, *scoremap.shape)))
+    by_shape[(64, 64)].append((np.zeros((64, 64), np.float32), np.array([[0, 0, 2, 2]])))  # empty box hits GT
+    for (height, width), cases in by_shape.items():
+        maps = scoremaps_to_uint8(np.stack([case[0] for case in cases]))
+        _assert_sweep_equals_loop(maps, [case[1] for case in cases])
+
+
+def _random_map(rng: np.random.RandomState, kind: str, height: int, width: int) -> np.ndarray:
+    """A float map in [0, 1] of one kind, any size."""
+    if kind == "peaks":
+        raw = np.zeros((height, width))
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+        for _ in range(rng.randint(1, 5)):
+            spread = rng.uniform(0.5, max(height, width) / 3 + 1)
+            distance2 = (xx - rng.uniform(0, width)) ** 2 + (yy - rng.uniform(0, height)) ** 2
+            raw += rng.uniform(0.2, 1) * np.exp(-distance2 / (2 * spread ** 2))
+    elif kind == "rings":
+        raw = rng.uniform(0, 0.3, (height, width)) * (rng.uniform(size=(height, width)) < 0.05)
+        for _ in range(rng.randint(1, 4)):
+            center = (int(rng.randint(0, width)), int(rng.randint(0, height)))
+            radius = int(rng.randint(1, max(height, width) // 2 + 2))
+            cv2.circle(raw, center, radius, float(rng.uniform(0.4, 1)), int(rng.randint(1, 3)))
+    elif kind == "plateaus":
+        cells = rng.randint(0, rng.randint(2, 6), (rng.randint(1, 6), rng.randint(1, 6))).astype(np.float64)
+        raw = cv2.resize(cells, (width, height), interpolation=cv2.INTER_NEAREST)
+    elif kind == "noise":
+        raw = rng.uniform(size=(height, width)) ** rng.uniform(0.3, 3)
+        if rng.uniform() < 0.5:  # speckle on a blob
+            raw += cv2.GaussianBlur(rng.uniform(size=(height, width)), (0, 0), max(height, width) / 6 + 0.1) * 2
+    else:  # thin lines
+        raw = np.zeros((height, width))
+        for _ in range(rng.randint(1, 6)):
+            ends = [int(v) for v in (rng.randint(0, width), rng.randint(0, height), rng.randint(0, width),
+                                     rng.randint(0, height))]
+            cv2.line(raw, tuple(ends[:2]), tuple(ends[2:]), float(rng.uniform(0.3, 1)), 1)
+    return _normalised(raw)
+
+
+def test_sweep_equals_the_loop_on_a_thousand_random_maps():
+    """1,000 maps of five kinds, sides from 1 to 224, batched by size; a few at random thresholds too.
+    Speckle (thousands of contours per threshold) only on small maps, so that the loop stays quick."""
+    rng = np.random.RandomState(12)
+    counts = {(1, 1): 40, (1, 7): 40, (9, 1): 40, (2, 2): 60, (3, 5): 80, (8, 8): 140, (13, 17): 140,
+              (16, 16): 120, (24, 24): 100, (31, 20): 100, (48, 48): 100, (224, 224): 40}
+    for (height, width), count in counts.items():
+        area = height * width
+        kinds = (("peaks", "rings", "plateaus", "noise", "lines") if area <= 300 else
+                 ("peaks", "rings", "plateaus", "lines") if area <= 2500 else ("peaks", "plateaus", "lines"))
+        maps_u8 = scoremaps_to_uint8(np.stack([_random_map(rng, kinds[index % len(kinds)], height, width)
+                                               for index in range(count)]))
+        gt_boxes = [_random_boxes(rng, height, width) for _ in range(count)]
+        _assert_sweep_equals_loop(maps_u8, gt_boxes)
+        subset = np.sort(rng.choice(THRESHOLDS, 7, replace=False))
+        _assert_sweep_equals_loop(maps_u8[:10], gt_boxes[:10], subset)
+
+
+def test_full_size_smooth_and_noisy_maps():
     """224x224 maps like the benchmark's: upsampled 14x14 CAMs and speckled blobs, in one batch."""
     rng = np.random.RandomState(5)
     smooth = [maxboxacc_scoremap(np.maximum(rng.normal(0, 1, (14, 14)), 0), (224, 224)) for _ in range(6)]
     noisy = [_blobs(rng, 224, 2, 0.01)]
-    maps = np.stack(smooth + noisy)
-    boxes = [np.array([[20, 30, 150, 200], [100, 10, 223, 90]])] * len(maps)
-    result = sweep_box_ious(scoremaps_to_uint8(maps), boxes, THRESHOLDS)
-    for index, scoremap in enumerate(maps):
-        np.testing.assert_array_equal(result.largest[index],
-                                      bench_wsol.naive_box_ious(scoremap, boxes[index], THRESHOLDS, False))
-        np.testing.assert_array_equal(result.all_contours[index],
-                                      bench_wsol.naive_box_ious(scoremap, boxes[index], THRESHOLDS, True))
+    boxes = [np.array([[20, 30, 150, 200], [100, 10, 223, 90]])] * 7
+    _assert_sweep_equals_loop(scoremaps_to_uint8(np.stack(smooth + noisy)), boxes)
 
 
-def test_fine_threshold_grid_reuses_masks_exactly(sweep_engine):
-    """1000 thresholds (wsolevaluation's default interval) map to at most 256 masks, same results."""
-    thresholds = cam_thresholds(0.001)
+def test_fine_threshold_grid_reuses_levels_exactly():
+    """1000 thresholds (wsolevaluation's default interval) map to at most 256 levels, same results."""
     scoremap = _blobs(np.random.RandomState(8), 64, 2, 0.02)
-    boxes = np.array([[10, 10, 40, 50]])
-    result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], thresholds)
-    np.testing.assert_array_equal(result.all_contours[0], bench_wsol.naive_box_ious(scoremap, boxes, thresholds, True))
+    _assert_sweep_equals_loop(scoremaps_to_uint8(scoremap[None]), [np.array([[10, 10, 40, 50]])],
+                              cam_thresholds(0.001))
+
+
+def test_unsorted_thresholds_and_batches_split_across_calls(monkeypatch):
+    monkeypatch.setattr(sweep_module, "_COMPILED_CHUNK", 2)
+    rng = np.random.RandomState(6)
+    maps = scoremaps_to_uint8(np.stack([_blobs(rng, 40, 3, 0.03) for _ in range(5)]))
+    _assert_sweep_equals_loop(maps, [_random_boxes(rng, 40, 40) for _ in range(5)], rng.permutation(THRESHOLDS))
+
+
+def test_each_metric_alone_equals_both_together():
+    rng = np.random.RandomState(7)
+    maps = scoremaps_to_uint8(np.stack([_rings(rng, 48) for _ in range(4)]))
+    boxes = [_random_boxes(rng, 48, 48) for _ in range(4)]
+    both = sweep_box_ious(maps, boxes, THRESHOLDS)
+    largest = sweep_box_ious(maps, boxes, THRESHOLDS, all_contours=False)
+    every = sweep_box_ious(maps, boxes, THRESHOLDS, largest=False)
+    assert largest.all_contours is None and every.largest is None
+    np.testing.assert_array_equal(largest.largest, both.largest)
+    np.testing.assert_array_equal(every.all_contours, both.all_contours)
+
+
+class _NoPass:
+    """Stands in for the extension where it must not be called."""
+
+    def level_boxes(self, *args, **kwargs):
+        raise AssertionError("the compiled pass ran where the loop should")
+
+
+def test_without_the_extension_or_beyond_its_side_limit_the_loop_runs(monkeypatch):
+    rng = np.random.RandomState(10)
+    maps = scoremaps_to_uint8(np.stack([_peaks(rng, 24) for _ in range(3)]))
+    boxes = [_random_boxes(rng, 24, 24) for _ in range(3)]
+    _require_compiled()
+    compiled = sweep_box_ious(maps, boxes, THRESHOLDS)
+    monkeypatch.setattr(sweep_module, "_levelsets", _NoPass())
+    monkeypatch.setattr(sweep_module, "_COMPILED_MAX_SIDE", 23)
+    beyond = sweep_box_ious(maps, boxes, THRESHOLDS)
+    monkeypatch.setattr(sweep_module, "_levelsets", None)
+    monkeypatch.setattr(sweep_module, "_COMPILED_MAX_SIDE", 32766)
+    unbuilt = sweep_box_ious(maps, boxes, THRESHOLDS)
+    for result in (beyond, unbuilt):
+        np.testing.assert_array_equal(result.largest, compiled.largest)
+        np.testing.assert_array_equal(result.all_contours, compiled.all_contours)
 
 
 def test_scoremap_checks_name_the_problem():
@@ -276,8 +280,13 @@ def test_scoremap_checks_name_the_problem():
         scoremaps_to_uint8(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="floating point"):
         scoremaps_to_uint8(np.zeros((1, 4, 4), np.uint8))
-    with pytest.raises(ValueError, match=r"fractions in \[0, 1\)"):
-        sweep_box_ious(np.zeros((1, 4, 4), np.uint8), [np.array([[0, 0, 1, 1]])], np.array([0.5, 1.0]))
+    for sweep in (sweep_box_ious, per_threshold_box_ious):
+        with pytest.raises(ValueError, match=r"fractions in \[0, 1\)"):
+            sweep(np.zeros((1, 4, 4), np.uint8), [np.array([[0, 0, 1, 1]])], np.array([0.5, 1.0]))
+        with pytest.raises(ValueError, match=r"uint8 \(B, H, W\)"):
+            sweep(np.zeros((1, 4, 4), np.float32), [np.array([[0, 0, 1, 1]])], THRESHOLDS)
+        with pytest.raises(ValueError, match="2 ground-truth box sets for 1 maps"):
+            sweep(np.zeros((1, 4, 4), np.uint8), [np.array([[0, 0, 1, 1]])] * 2, THRESHOLDS)
 
 
 def _components_and_holes(u: np.ndarray, cut: int):
@@ -294,29 +303,42 @@ def _components_and_holes(u: np.ndarray, cut: int):
     return found
 
 
+def _largest_rect(u: np.ndarray, cut: int):
+    contours = cv2.findContours((u > cut).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return None
+    x, y, w, h = cv2.boundingRect(max(contours, key=cv2.contourArea))
+    return x, y, x + w - 1, y + h - 1
+
+
 def _records(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int32).reshape(-1, 6)
 
 
-def test_level_boxes_equal_labelled_components_and_holes(peak_cases, cases_and_oracle):
-    """Every level's component and hole boxes, from the one-pass kernel, equal a labelling per level."""
+def test_level_boxes_equal_labelled_components_holes_and_the_largest_contour():
+    """Every level's component and hole boxes, from the one-pass kernel, equal a labelling per level,
+    and its largest-contour box OpenCV's."""
     _require_compiled()
     rng = np.random.RandomState(2)
-    maps = [scoremaps_to_uint8(case[0][None])[0] for case in peak_cases[:12]]
-    maps += [scoremaps_to_uint8(case[0][None])[0] for case in cases_and_oracle[0]]
+    maps = [scoremaps_to_uint8(scoremap[None])[0] for scoremap in _family_maps(np.random.RandomState(3))[::3]]
     maps += [rng.randint(0, 4, (rng.randint(1, 9), rng.randint(1, 9))).astype(np.uint8) for _ in range(300)]
     for u in maps:
         cuts = np.unique(np.r_[rng.randint(0, 256, 6), 0, u.max() - 1 if u.max() else 0]).astype(np.int32)
         # repeated columns: each distinct cut is reported once, at its first column
         columns = np.repeat(cuts, 2)[None]
-        components, holes = (_records(raw) for raw in _levelsets.level_boxes(u[None], columns))
+        components, holes, largest = (_records(raw) for raw in
+                                      _levelsets.level_boxes(u[None], columns, all_contours=True, largest=True))
         for index, cut in enumerate(cuts.tolist()):
             expected_components, expected_holes = _components_and_holes(u, cut)
             for records, expected in ((components, expected_components), (holes, expected_holes)):
                 at_level = records[records[:, 1] == 2 * index]
                 assert sorted(map(tuple, at_level[:, 2:].tolist())) == expected, (u.tolist(), cut)
-        assert set(components[:, 1].tolist()) <= set(range(0, columns.shape[1], 2))
-        assert (components[:, 0] == 0).all() and (holes[:, 0] == 0).all()
+            at_level = [tuple(row) for row in largest[largest[:, 1] == 2 * index, 2:].tolist()]
+            expected_largest = _largest_rect(u, cut)
+            assert at_level == ([expected_largest] if expected_largest else []), (u.tolist(), cut)
+        for records in (components, holes, largest):
+            assert set(records[:, 1].tolist()) <= set(range(0, columns.shape[1], 2))
+            assert (records[:, 0] == 0).all()
 
 
 def test_level_boxes_number_the_images_of_a_batch():
@@ -324,12 +346,15 @@ def test_level_boxes_number_the_images_of_a_batch():
     rng = np.random.RandomState(4)
     maps = rng.randint(0, 6, (5, 12, 10)).astype(np.uint8)
     cuts = np.tile(np.arange(6, dtype=np.int32), (5, 1))
-    together = [_records(raw) for raw in _levelsets.level_boxes(maps, cuts)]
+    together = [_records(raw) for raw in _levelsets.level_boxes(maps, cuts, largest=True)]
     for image in range(5):
-        alone = [_records(raw) for raw in _levelsets.level_boxes(maps[image:image + 1], cuts[image:image + 1])]
+        alone = [_records(raw) for raw in _levelsets.level_boxes(maps[image:image + 1], cuts[image:image + 1],
+                                                                 largest=True)]
         for batch_part, single in zip(together, alone):
             part = batch_part[batch_part[:, 0] == image]
             np.testing.assert_array_equal(part[:, 1:], single[:, 1:])
+    components, holes, largest = _levelsets.level_boxes(maps, cuts, all_contours=False)
+    assert components == holes == largest == b""  # nothing asked for
 
 
 def test_level_boxes_reject_bad_arrays_by_name():
@@ -350,31 +375,10 @@ def test_level_boxes_reject_bad_arrays_by_name():
         _levelsets.level_boxes(maps, np.array([[0, 2, 256], [0, 0, 0]], np.int32))
     with pytest.raises(ValueError, match="not C-contiguous"):
         _levelsets.level_boxes(np.zeros((2, 4, 8), np.uint8)[:, :, ::2], cuts)
-
-
-def test_compiled_sweep_handles_unsorted_thresholds_and_chunks(cases_and_oracle, monkeypatch):
-    """Thresholds in any order, and batches split across kernel calls, give the oracle's IoUs."""
-    _require_compiled()
-    monkeypatch.setattr(sweep_module, "_COMPILED_CHUNK", 2)
-    rng = np.random.RandomState(6)
-    shuffled = rng.permutation(THRESHOLDS)
-    cases = [case for case in cases_and_oracle[0] if case[0].shape == (64, 64)][:5]
-    maps = scoremaps_to_uint8(np.stack([case[0] for case in cases]))
-    result = sweep_box_ious(maps, [case[1] for case in cases], shuffled, largest=False)
-    for index, (scoremap, boxes) in enumerate(cases):
-        np.testing.assert_array_equal(result.all_contours[index],
-                                      bench_wsol.naive_box_ious(scoremap, boxes, shuffled, True))
-
-
-def test_maps_too_long_for_the_extension_take_the_numpy_path():
-    """A side over 32766 pixels (the kernel's coordinate range): same IoUs, through the fallback."""
-    _require_compiled()
-    scoremap = (np.sin(np.arange(32767) / 500.0)[None] ** 2).astype(np.float32)
-    boxes = np.array([[100, 0, 2000, 0], [5000, 0, 9000, 0]])
-    result = sweep_box_ious(scoremaps_to_uint8(scoremap[None]), [boxes], THRESHOLDS, largest=False)
-    np.testing.assert_array_equal(result.all_contours[0], bench_wsol.naive_box_ious(scoremap, boxes, THRESHOLDS, True))
     with pytest.raises(ValueError, match=r"sides in \[1, 32766\]"):
-        _levelsets.level_boxes(scoremaps_to_uint8(scoremap[None]), np.zeros((1, 1), np.int32))
+        _levelsets.level_boxes(np.zeros((1, 1, 32767), np.uint8), np.zeros((1, 1), np.int32))
+    with pytest.raises(TypeError):
+        _levelsets.level_boxes(maps, cuts, True)  # the options are keyword-only
 
 
 def test_scoremaps_to_uint8_over_several_chunks_is_the_reference_conversion():

@@ -36,10 +36,6 @@ _GT_COLOUR = (40, 220, 40)
 _PRED_COLOUR = (240, 40, 40)
 
 
-def _label(row: Dict) -> str:
-    return f"{row['explainer']}\n@{row['model']}"
-
-
 def _draw_box(image: np.ndarray, box: Sequence[int], colour: Tuple[int, int, int], scale: float) -> None:
     x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
     cv2.rectangle(image, (x0, y0), (x1, y1), colour, 2)
@@ -87,29 +83,39 @@ def overlay_grid(report: "BenchReport", path: Path) -> Path:
 
 
 def _bars(report: "BenchReport", path: Path, title: str, keys: Sequence[str]) -> Path:
+    """One horizontal bar chart per measured metric of the family, a bar per (model, explainer)."""
     rows = report.rows()
     columns = [column for column in COLUMNS if column[0] in keys]
     measured = [column for column in columns if any(lookup(row, column[2]) is not None for row in rows)]
-    figure, axes = plt.subplots(1, max(len(measured), 1), figsize=(3.2 * max(len(measured), 1) + 1, 3.8),
+    panels = max(len(measured), 1)
+    per_row = min(panels, 3)
+    lines = (panels + per_row - 1) // per_row
+    figure, axes = plt.subplots(lines, per_row, figsize=(4.6 * per_row + 1.6, (0.24 * len(rows) + 1.1) * lines),
                                 squeeze=False)
-    labels = [_label(row) for row in rows]
+    labels = [f"{row['explainer']} @{row['model']}" for row in rows]
     colours = plt.cm.tab20(np.linspace(0, 1, max(len(rows), 2)))
-    for axis, (key, heading, path_in_row, _, better) in zip(axes[0], measured):
-        values = [lookup(row, path_in_row) for row in rows]
+    positions = np.arange(len(rows))[::-1]  # first row on top
+    for index, axis in enumerate(axes.flat):
+        if index >= len(measured):
+            axis.set_axis_off()
+            continue
+        key, heading, path_in_row, _, better = measured[index]
         scale = 100.0 if key == "pointing_game" else 1.0
-        heights = [np.nan if value is None else value * scale for value in values]
-        axis.bar(range(len(rows)), heights, color=colours[:len(rows)])
+        values = [lookup(row, path_in_row) for row in rows]
+        widths = [np.nan if value is None else value * scale for value in values]
+        axis.barh(positions, widths, color=colours[:len(rows)])
         axis.set_title(f"{heading} ({better} is better)", fontsize=9)
-        axis.set_xticks(range(len(rows)))
-        axis.set_xticklabels(labels, rotation=75, fontsize=6)
-        axis.axhline(0, color="black", linewidth=0.5)
-        for position, height in enumerate(heights):
-            if not np.isnan(height):
-                axis.text(position, height, f"{height:.2g}", ha="center",
-                          va="bottom" if height >= 0 else "top", fontsize=6)
+        axis.set_yticks(positions)
+        axis.set_yticklabels(labels if index % per_row == 0 else [], fontsize=7)
+        axis.axvline(0, color="black", linewidth=0.5)
+        axis.tick_params(axis="x", labelsize=7)
+        for position, width in zip(positions, widths):
+            if not np.isnan(width):
+                axis.text(width, position, f" {width:.3g}", va="center", ha="left" if width >= 0 else "right",
+                          fontsize=6)
     if not measured:
+        axes[0][0].set_axis_on()
         axes[0][0].text(0.5, 0.5, "not measured", ha="center", va="center")
-        axes[0][0].set_axis_off()
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -119,13 +125,17 @@ def _bars(report: "BenchReport", path: Path, title: str, keys: Sequence[str]) ->
 
 def _gt_known_curves(report: "BenchReport", path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for row in report.rows():
+    rows = report.rows()
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(rows), 2)))
+    styles = {model["model"]: ("-", "--", ":", "-.")[index % 4] for index, model in enumerate(report.models)}
+    for colour, row in zip(colours, rows):
         curve = row.get("localization", {}).get("tscam", {}).get("gt_known_curve")
         if not curve:
             continue
         ious = sorted(float(iou) for iou in curve)
         values = [curve[iou] if iou in curve else curve[str(iou)] for iou in sorted(curve, key=float)]
-        axis.plot(ious, values, marker="o", markersize=3, label=f"{row['explainer']} @{row['model']}")
+        axis.plot(ious, values, marker="o", markersize=3, color=colour, linestyle=styles[row["model"]],
+                  label=f"{row['explainer']} @{row['model']}")
     axis.set_xlabel("IoU threshold")
     axis.set_ylabel("GT-known localisation accuracy (%)")
     axis.set_title("GT-known Loc vs IoU (the seeds' protocol)", fontsize=10)

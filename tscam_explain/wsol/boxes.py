@@ -167,6 +167,23 @@ def largest_contour_rect(binary: np.ndarray) -> Tuple[int, int, int, int] | None
     return cv2.boundingRect(max(contours, key=cv2.contourArea))
 
 
+def maxboxacc_boxes(rects: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """wsolevaluation's boxes from ``cv2.boundingRect`` rectangles: ``[x, y, x + w, y + h]`` with the
+    right and bottom edges clipped to ``W - 1``, ``H - 1``.
+
+    Args:
+        rects: int (n, 4) ``x, y, w, h``.
+        size: ``(H, W)`` of the map.
+
+    Returns:
+        int64 (n, 4) boxes.
+    """
+    rects = np.asarray(rects, dtype=np.int64).reshape(-1, 4)
+    height, width = size
+    return np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], width - 1),
+                     np.minimum(rects[:, 1] + rects[:, 3], height - 1)], axis=1)
+
+
 def tscam_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """The seeds' map pipeline: bilinear resize, min-max normalise, ``× 255`` truncated to uint8.
 
@@ -213,6 +230,23 @@ def tscam_box(scoremap: np.ndarray, cam_threshold: float) -> np.ndarray:
     return np.array([x, y, x + w, y + h], dtype=np.int64)
 
 
+def _normalize_in_place(cams: np.ndarray) -> np.ndarray:
+    """wsolevaluation's normalisation of each map of a float (B, H, W) batch, in place.
+
+    The reference's ``cam -= cam.min(); cam /= cam.max()``: the maximum after the subtraction is
+    ``max - min`` rounded (subtracting one number is monotonic), so one min and one max per map suffice;
+    a NaN shows as a NaN minimum.
+    """
+    if not cams.size:
+        return cams
+    low, high = cams.min(axis=(1, 2)), cams.max(axis=(1, 2))
+    zero = np.isnan(low) | (low == high)
+    cams -= low[:, None, None]
+    cams /= np.where(zero, 1, high - low)[:, None, None]
+    cams[zero] = 0
+    return cams
+
+
 def normalize_scoremap(cam: np.ndarray) -> np.ndarray:
     """wsolevaluation's normalisation: NaN or constant map → zeros, else ``(x - min) / max(x - min)``.
 
@@ -222,17 +256,37 @@ def normalize_scoremap(cam: np.ndarray) -> np.ndarray:
     Args:
         cam: float (H, W) map.
     """
-    if np.isnan(cam).any() or cam.min() == cam.max():
-        return np.zeros_like(cam)
-    shifted = cam - cam.min()
-    return shifted / shifted.max()
+    return _normalize_in_place(np.array(cam, copy=True)[None])[0]
+
+
+def maxboxacc_scoremaps(cams: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """wsolevaluation's map pipeline for a batch: OpenCV bicubic resize to the input size, then normalise.
+
+    The reference converts the model's map to float64 first (its ``t2n``) and resizes and normalises
+    in float64; so does this function, one map after another into one array.
+
+    Args:
+        cams: float (B, h, w) raw class maps.
+        size: ``(height, width)`` of the network input.
+
+    Returns:
+        float64 (B, height, width) maps in [0, 1].
+    """
+    cams = np.asarray(cams)
+    if cams.ndim != 3 or 0 in cams.shape[1:]:
+        raise ValueError(f"cams must have shape (B, h, w) with h, w >= 1; got shape {cams.shape}")
+    height, width = int(size[0]), int(size[1])
+    scoremaps = np.empty((len(cams), height, width), dtype=np.float64)
+    for cam, scoremap in zip(cams, scoremaps):
+        resized = cv2.resize(np.ascontiguousarray(cam, dtype=np.float64), (width, height), dst=scoremap,
+                             interpolation=cv2.INTER_CUBIC)
+        if resized is not scoremap:  # OpenCV allocated a new array instead of writing into dst
+            scoremap[...] = resized
+    return _normalize_in_place(scoremaps)
 
 
 def maxboxacc_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """wsolevaluation's map pipeline: OpenCV bicubic resize to the input size, then normalise.
-
-    The reference converts the model's map to float64 first (its ``t2n``) and resizes and normalises
-    in float64; so does this function.
+    """wsolevaluation's map pipeline for one map (see :func:`maxboxacc_scoremaps`).
 
     Args:
         cam: float (h, w) raw class map.
@@ -241,9 +295,7 @@ def maxboxacc_scoremap(cam: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     Returns:
         float64 (height, width) map in [0, 1].
     """
-    cam = np.ascontiguousarray(cam, dtype=np.float64)
-    resized = cv2.resize(cam, (int(size[1]), int(size[0])), interpolation=cv2.INTER_CUBIC)
-    return normalize_scoremap(resized)
+    return maxboxacc_scoremaps(np.asarray(cam)[None], size)[0]
 
 
 def maxboxacc_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
@@ -260,8 +312,4 @@ def maxboxacc_box(scoremap: np.ndarray, threshold: float) -> np.ndarray:
     maps_u8 = (scoremap * 255).astype(np.uint8)
     binary = (maps_u8 > int(threshold * np.max(maps_u8))).astype(np.uint8)
     rect = largest_contour_rect(binary)
-    if rect is None:
-        return np.zeros(4, dtype=np.int64)
-    x, y, w, h = rect
-    height, width = scoremap.shape
-    return np.array([x, y, min(x + w, width - 1), min(y + h, height - 1)], dtype=np.int64)
+    return maxboxacc_boxes(rect if rect is not None else MAXBOXACC_EMPTY_BOX, scoremap.shape)[0]

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="(default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=4, help="data loading processes (default: %(default)s)")
-    parser.add_argument("--metric-workers", type=int, default=0, help="processes for the maxboxacc sweeps (default: %(default)s)")
+    parser.add_argument("--metric-workers", type=int, default=0, help="threads for the maxboxacc sweeps (default: %(default)s)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate"), help="report folder (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -18,9 +18,8 @@ import json
 import platform
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..explainers.base import cast_input
-from .boxes import maxboxacc_scoremap, tscam_box, tscam_scoremap
+from .boxes import maxboxacc_scoremaps, tscam_box, tscam_scoremap
 from .datasets import PROTOCOLS, wsol_collate
 from .metrics import (DEFAULT_IOU_THRESHOLDS, GT_KNOWN_CURVE_IOUS, BoxAccuracy, ClassificationAccuracy,
                       FixedThresholdBoxAccuracy, LocalizationAccuracy, MetricAccumulator, PixelAveragePrecision)
@@ -187,7 +186,7 @@ class _ProtocolMetrics:
                 self.fixed_boxes.update(maps_u8, gt_boxes)
             return
         self.classification.update(logits, labels)
-        scoremaps = np.stack([maxboxacc_scoremap(cam, size) for cam in maps])
+        scoremaps = maxboxacc_scoremaps(maps, size)
         if self.boxes is not None:
             self.boxes.update(scoremaps, gt_boxes)
         if self.pixels is not None:
@@ -272,7 +271,8 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
         iou_thresholds: the ``maxboxacc`` and ``trt`` box-accuracy IoU thresholds, in percent.
         error_rule: the error-analysis rule (see :func:`~tscam_explain.wsol.metrics.classify_error`).
         limit: evaluate only the first ``limit`` images.
-        metric_workers: processes that compute the threshold sweeps in parallel (0: none). Metrics
+        metric_workers: threads that share each batch's threshold sweeps (0 or 1: the metric thread
+            alone). The compiled sweep releases the GIL, so threads scale without copying maps. Metrics
             always run in a background thread, overlapping the next batch's forward pass.
         progress: show a tqdm progress bar.
         sync: sum the metric counts over the processes of ``torch.distributed`` before computing the
@@ -310,10 +310,10 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=wsol_collate, pin_memory=device.type == "cuda")
 
-    sweep_pool = (ProcessPoolExecutor(metric_workers, mp_context=get_context("spawn")) if metric_workers > 1
-                  else None)
+    sweep_threads = (ThreadPoolExecutor(metric_workers, thread_name_prefix="wsol-sweep") if metric_workers > 1
+                     else None)
     metrics = _ProtocolMetrics(protocol, cam_threshold, cam_curve_interval, iou_thresholds, error_rule, has_boxes,
-                               has_masks, sweep_pool)
+                               has_masks, sweep_threads)
     fixes: List[str] = []
     model = _model_of(explainer)
     pending: Deque[Future] = deque()
@@ -337,8 +337,8 @@ def evaluate(explainer: Any, dataset: Dataset, protocol: Literal["tscam", "maxbo
             while pending:
                 pending.popleft().result()
     finally:
-        if sweep_pool is not None:
-            sweep_pool.shutdown(cancel_futures=True)
+        if sweep_threads is not None:
+            sweep_threads.shutdown(cancel_futures=True)
     if sync:
         metrics.sync(process_group)
     seconds = time.perf_counter() - start

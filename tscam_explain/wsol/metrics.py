@@ -169,8 +169,9 @@ class BoxAccuracy(MetricAccumulator):
         iou_thresholds: IoU thresholds in percent.
         largest_contour: count the largest-contour boxes (MaxBoxAcc).
         all_contours: count the all-contour boxes (MaxBoxAccV2).
-        executor: optional ``concurrent.futures`` executor (e.g. a ``ProcessPoolExecutor``) that
-            computes the boxes of chunks of a batch in parallel; results are identical.
+        executor: optional ``concurrent.futures`` executor that computes the boxes of chunks of a
+            batch in parallel, e.g. a ``ThreadPoolExecutor`` (the compiled sweep releases the GIL);
+            results are identical.
     """
 
     _state_names = ("num_images", "correct_largest", "correct_all")
