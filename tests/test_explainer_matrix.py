@@ -174,11 +174,11 @@ class _Injected(RuntimeError):
 
 
 def run_failures(name: str, model: torch.nn.Module, size) -> None:
-    """A forward pass that raises (the first, or a later one) leaves the model as it was and propagates."""
+    """A forward pass that raises (the first, the second or the third) leaves the model as it was and propagates."""
     vit = getattr(model, "backbone", model)
     images = _images(2, size)
     before = fingerprint(model)
-    for failing_call in (1, 3):
+    for failing_call in (1, 2, 3):
         calls = []
 
         def fail(_module, _inputs, _output):
