@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import ttach
-from torch.utils.hooks import RemovableHandle
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch.utils.hooks import RemovableHandle
 
 from ..vit import check_input
 
@@ -108,7 +108,7 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s first parameter (CPU for a model without any)."""
+    """The device of ``model``'s first parameter or buffer (CPU for a model without any)."""
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return torch.device("cpu")
@@ -127,10 +127,6 @@ def cast_input(model: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:
     return input_tensor.to(device=model_device(model), dtype=model_dtype(model))
 
 
-def _float32(output: Any) -> Any:
-    return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
-
-
 @contextlib.contextmanager
 def dtype_policy(model: nn.Module) -> Iterator[nn.Module]:
     """Apply :func:`cast_input` to every call of ``model(...)`` inside the block, and return its tensor
@@ -144,7 +140,7 @@ def dtype_policy(model: nn.Module) -> Iterator[nn.Module]:
         return tuple(cast_input(model, arg) for arg in args)
 
     def float_outputs(_module: nn.Module, _args: tuple, output: Any) -> Any:
-        return _float32(output)
+        return output.float() if isinstance(output, torch.Tensor) and output.is_floating_point() else output
 
     handles = [model.register_forward_pre_hook(cast_inputs), model.register_forward_hook(float_outputs)]
     try:
