@@ -15,7 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from timm.data import create_transform, resolve_data_config
 
 from tscam_explain import TSCAMExplainer, make_explainer
-from tscam_explain.explain_cli import generated_image
+from tscam_explain.synth import generate
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--image")
@@ -26,7 +26,7 @@ args = parser.parse_args()
 
 model = timm.create_model(args.model, pretrained=args.pretrained).eval()
 config = resolve_data_config({}, model=model)
-image = Image.open(args.image).convert("RGB") if args.image else generated_image()
+image = Image.open(args.image).convert("RGB") if args.image else Image.fromarray(generate(0, 0, 224).image)
 input_tensor = create_transform(**config)(image)[None]
 
 with TSCAMExplainer(model) as cam:

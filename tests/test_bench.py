@@ -99,6 +99,8 @@ def test_bad_input_gets_clear_errors(data, tmp_path):
     # without the box metrics, a mask-only dataset is fine
     result = bench_model(model, "tiny", masks_only, ["tscam"], BenchSettings(**{**SMALL, "metrics": ("cost", "sanity")}))
     assert "localization" not in result["rows"][0] and result["rows"][0]["sanity"]["images"] == 3
+    with pytest.raises(ValueError, match="not among the models"):
+        bench({"a": model}, data, explainers={"b": ["tscam"]}, settings=BenchSettings(**SMALL))
     with pytest.raises(ValueError, match="unknown metric families"):
         BenchSettings(metrics=("speed",))
     (tmp_path / "file").write_text("x")

@@ -78,3 +78,16 @@ def test_build_command_end_to_end_on_a_small_set(tmp_path, monkeypatch):
     reference = torch.load(tmp_path / "runs" / "trt-synth" / "best.pt", weights_only=True)["state_dict"]
     for key, value in model.state_dict().items():  # the shipped weights are the run's best.pt, in float16
         assert np.allclose(value.numpy(), reference[key].half().float().numpy()), key
+
+
+def test_evaluate_and_explain_take_a_shipped_name(tmp_path, capsys):
+    from tscam_explain.cli import main
+    from tscam_explain.synth import write_dataset
+
+    data = write_dataset(tmp_path / "set", 8, seed=31, size=96)
+    assert main(["evaluate", "--checkpoint", "tscam-synth", "--data", str(data), "--dataset-format", "cub",
+                 "--protocol", "maxboxacc", "--num-workers", "0", "--no-progress", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["dataset"]["images"] == 8 and report["settings"]["input_size"] == [96, 96]
+    assert main(["explain", "--checkpoint", "trt-synth", "--explainers", "trt", "--out", str(tmp_path / "ex")]) == 0
+    assert "trt" in capsys.readouterr().out

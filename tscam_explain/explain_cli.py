@@ -15,23 +15,12 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from timm.data import create_transform
 
 from .explainers import list_explainers, make_explainer
-from .models import backbone_of, load_model
+from .models import backbone_of
+from .pretrained import open_model
+from .synth import generate
 from .vit import input_config
 
 DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "gradcam", "layercam", "scorecam")
-
-
-def generated_image(size: int = 224, seed: int = 0) -> Image.Image:
-    """A deterministic synthetic scene (textured background, two objects) for offline demos."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    image = np.stack([0.35 + 0.3 * xx, 0.45 + 0.2 * yy, 0.55 - 0.25 * xx], axis=-1)
-    image += rng.normal(0, 0.03, image.shape).astype(np.float32)
-    image = (np.clip(image, 0, 1) * 255).astype(np.uint8)
-    cv2.ellipse(image, (int(0.35 * size), int(0.55 * size)), (int(0.2 * size), int(0.13 * size)), 20, 0, 360,
-                (200, 60, 40), -1)
-    cv2.rectangle(image, (int(0.62 * size), int(0.15 * size)), (int(0.85 * size), int(0.4 * size)), (40, 90, 200), -1)
-    return Image.fromarray(image)
 
 
 def overlay_grid(rgb: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:
@@ -48,12 +37,13 @@ def overlay_grid(rgb: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[s
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain", help="explain an image with several explainers and write an overlay PNG grid",
-        description="Explain an image (default: a generated one) with TS-CAM and baselines; "
-                    "write one overlay panel per explainer. Runs offline with a random-init model by default.")
-    parser.add_argument("--image", type=Path, help="image file (default: a generated synthetic scene)")
-    parser.add_argument("--model", default="deit_tiny_patch16_224", help="timm ViT name (default: %(default)s)")
-    parser.add_argument("--checkpoint", type=Path, help="a tscam-explain model file (TS-CAM or TRT) or an official "
-                        "TS-CAM / TRT checkpoint; overrides --model")
+        description="Explain an image (default: one of the generated benchmark) with TS-CAM and baselines; "
+                    "write one overlay panel per explainer. Offline by default: the shipped vit-synth model.")
+    parser.add_argument("--image", type=Path, help="image file (default: a generated benchmark image, docs/synth.md)")
+    parser.add_argument("--model", help="timm ViT name, random weights unless --pretrained")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a shipped model name (tscam-synth, trt-synth, vit-synth), a tscam-explain model file or "
+                             "an official TS-CAM / TRT checkpoint (default: vit-synth unless --model is given)")
     parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights (needs the hub)")
     parser.add_argument("--explainers", default=",".join(DEFAULT_EXPLAINERS),
                         help=f"comma-separated names (default: %(default)s); any of {', '.join(list_explainers())}")
@@ -65,17 +55,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    if args.checkpoint is not None:
-        model = load_model(args.checkpoint)
+    if args.model is not None and args.checkpoint is None:
+        model = timm.create_model(args.model, pretrained=args.pretrained)
+    else:
+        model = open_model(args.checkpoint or "vit-synth")
         if hasattr(model, "official"):
             print(model.official.describe())
-    else:
-        model = timm.create_model(args.model, pretrained=args.pretrained)
     model.eval()
     vit = backbone_of(model)
     config = input_config(vit)
     transform = create_transform(**config)
-    image = Image.open(args.image).convert("RGB") if args.image else generated_image(config["input_size"][-1], args.seed)
+    image = (Image.open(args.image).convert("RGB") if args.image
+             else Image.fromarray(generate(args.seed, 0, config["input_size"][-1]).image))
     input_tensor = transform(image)[None]
     # the panel background is exactly what the model saw (after timm's resize and crop)
     mean = torch.tensor(config["mean"])[:, None, None]

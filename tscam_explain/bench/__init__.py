@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import PathLike
+from ..explainers import list_explainers
 from ..pretrained import open_model
 from ..wsol import package_versions
 from .data import dataset_data, synth_data
@@ -36,15 +37,17 @@ ModelSpec = Union[str, PathLike, nn.Module]
 
 
 def bench(models: Union[Sequence[ModelSpec], Mapping[str, ModelSpec]], data: BenchData, *,
-          explainers: Optional[Sequence[str]] = None, settings: BenchSettings = BenchSettings(),
+          explainers: Union[None, Sequence[str], Mapping[str, Sequence[str]]] = None,
+          settings: BenchSettings = BenchSettings(),
           device: Optional[Union[str, torch.device]] = None) -> BenchReport:
     """Put explainers side by side on each model and the same data.
 
     Args:
         models: shipped names (``tscam-synth``), model files, or models; a mapping gives them labels.
         data: from :func:`synth_data` (the generated benchmark) or :func:`dataset_data` (a dataset on disk).
-        explainers: names to run on every model they apply to (default: for each model,
-            :func:`default_explainers`). A name that applies to none of the models is an error.
+        explainers: names to run on every model they apply to, or a mapping from a model's label to its
+            own names (default: for each model, :func:`default_explainers`). A name that applies to none
+            of the models is an error.
         settings: what to measure and on how many images.
         device: where to run (default: CUDA if available, else CPU).
 
@@ -59,8 +62,12 @@ def bench(models: Union[Sequence[ModelSpec], Mapping[str, ModelSpec]], data: Ben
     loaded: Dict[str, nn.Module] = {label: spec if isinstance(spec, nn.Module) else open_model(spec, device)
                                     for label, spec in labelled.items()}
     chosen: Dict[str, Optional[Sequence[str]]] = {}
-    if explainers is not None:
-        from ..explainers import list_explainers
+    if isinstance(explainers, Mapping):
+        unknown_models = sorted(set(explainers) - set(loaded))
+        if unknown_models:
+            raise ValueError(f"explainers are given for {unknown_models}, which are not among the models {list(loaded)}")
+        chosen = {label: [name.lower() for name in names] for label, names in explainers.items()}
+    elif explainers is not None:
         wanted = [name.lower() for name in explainers]
         for label, model in loaded.items():
             chosen[label] = [name for name in wanted if name in list_explainers(model)]

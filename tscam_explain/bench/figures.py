@@ -117,10 +117,7 @@ def _bars(report: "BenchReport", path: Path, title: str, keys: Sequence[str]) ->
         axes[0][0].set_axis_on()
         axes[0][0].text(0.5, 0.5, "not measured", ha="center", va="center")
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def _gt_known_curves(report: "BenchReport", path: Path) -> Path:
@@ -136,16 +133,10 @@ def _gt_known_curves(report: "BenchReport", path: Path) -> Path:
         values = [curve[iou] if iou in curve else curve[str(iou)] for iou in sorted(curve, key=float)]
         axis.plot(ious, values, marker="o", markersize=3, color=colour, linestyle=styles[row["model"]],
                   label=f"{row['explainer']} @{row['model']}")
-    axis.set_xlabel("IoU threshold")
-    axis.set_ylabel("GT-known localisation accuracy (%)")
-    axis.set_title("GT-known Loc vs IoU (the seeds' protocol)", fontsize=10)
     axis.set_ylim(0, 100)
-    axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish(figure, axis, path, "IoU threshold", "GT-known localisation accuracy (%)",
+                   "GT-known Loc vs IoU (the seeds' protocol)")
 
 
 def _cost_quality(report: "BenchReport", path: Path) -> Path:
@@ -159,10 +150,19 @@ def _cost_quality(report: "BenchReport", path: Path) -> Path:
         axis.annotate(f"{row['explainer']} @{row['model']}", (cost, quality), fontsize=7, xytext=(4, 3),
                       textcoords="offset points")
     axis.set_xscale("log")
-    axis.set_xlabel("time per image (× plain forward, log scale)")
-    axis.set_ylabel("MaxBoxAccV2 (%)")
-    axis.set_title("Cost against localisation quality", fontsize=10)
+    return _finish(figure, axis, path, "time per image (× plain forward, log scale)", "MaxBoxAccV2 (%)",
+                   "Cost against localisation quality")
+
+
+def _finish(figure, axis, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3, which="both")
+    return _save(figure, path)
+
+
+def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..wsol import ERROR_TYPES
+
 __all__ = ["BenchReport", "COLUMNS"]
+
+_COUNT_LABELS = {"deletion_insertion": "deletion/insertion", "road": "ROAD", "pointing_game": "pointing game"}
 
 #: (column, heading, path into a row, format, better) of results.csv and the printed table
 COLUMNS: Tuple[Tuple[str, str, Tuple[str, ...], str, str], ...] = (
@@ -123,7 +127,7 @@ class BenchReport:
             for row in model["rows"]:
                 counts = [f"explained {row['images']}"]
                 if "faithfulness" in row:
-                    counts += [f"{key.replace('_', '/')} {value}" for key, value in row["faithfulness"]["images"].items()]
+                    counts += [f"{_COUNT_LABELS.get(key, key)} {value}" for key, value in row["faithfulness"]["images"].items()]
                 if "sanity" in row:
                     counts.append(f"sanity {row['sanity']['images']}")
                     undefined = sum(row["sanity"]["undefined"].values())
@@ -132,18 +136,18 @@ class BenchReport:
                 lines.append(f"  - {row['explainer']}: " + ", ".join(counts))
         lines += ["", "## Best thresholds and errors", "",
                   "| model | explainer | cam threshold (seeds) | MaxBoxAcc best threshold | MaxBoxAccV2 @30/50/70 "
-                  "| Cls / M-Ins / Part / More / OT errors (%) |", "|---|---|---:|---:|---|---|"]
+                  "| correct / Cls / M-Ins / Part / More / OT (% of images, the seeds' error analysis) |",
+                  "|---|---|---:|---:|---|---|"]
         for row in self.rows():
             seeds = row.get("localization", {}).get("tscam", {})
             boxes = row.get("localization", {}).get("maxboxacc", {})
             if not seeds and not boxes:
                 continue
-            v1 = boxes.get("MaxBoxAcc", {})
             v2 = boxes.get("MaxBoxAccV2", {})
             per_iou = " / ".join(f"{v2['per_iou'][iou]:.1f}" for iou in v2.get("per_iou", {}))
             errors = seeds.get("errors", {})
-            error_text = " / ".join(f"{errors[key]:.1f}" for key in ("Cls", "M-Ins", "Part", "More", "OT") if key in errors)
-            threshold = v1.get("best_threshold", {}).get(50)
+            error_text = " / ".join(f"{errors[key]:.1f}" for key in ERROR_TYPES if key in errors)
+            threshold = lookup(row, ("localization", "maxboxacc", "MaxBoxAcc", "best_threshold", 50))
             lines.append(f"| {row['model']} | {row['explainer']} | {seeds.get('cam_threshold', '–')} | "
                          f"{'–' if threshold is None else f'{threshold:.2f}'} | {per_iou or '–'} | {error_text or '–'} |")
         lines += ["", "## Settings", ""] + [f"- {key}: {value}" for key, value in settings.items()]

@@ -234,6 +234,19 @@ def _timed(call: Callable[[], Any], device: torch.device) -> Tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def _timed_call(call: Callable[[], Any], device: torch.device, measure_memory: bool
+                ) -> Tuple[Any, float, Optional[float]]:
+    """``(result, seconds, peak MiB or None)`` of one call."""
+    outcome: Dict[str, Tuple[Any, float]] = {}
+
+    def timed() -> None:
+        outcome["value"] = _timed(call, device)
+
+    memory = peak_memory_mib(timed, device) if measure_memory else timed()
+    result, seconds = outcome["value"]
+    return result, seconds, memory
+
+
 @dataclass
 class _Record:
     """What one explainer of one model accumulates over the batches."""
@@ -326,11 +339,18 @@ def bench_model(model: nn.Module, label: str, data: BenchData, explainers: Optio
                 if take <= 0:
                     continue
                 part, part_classes, part_boxes = images[:take], classes[:take], batch["boxes"][:take]
-                if seen == 0 and "cost" in settings.metrics:
+                first = seen == 0 and "cost" in settings.metrics
+                if first and not method.per_image:  # a warm-up call that also measures the peak memory
                     memory = peak_memory_mib(lambda: method.explain(part, part_classes), device)
                     for name in method.names:
                         records[name].memory_mib = memory
-                (maps, logits), seconds = _timed(lambda: method.explain(part, part_classes), device)
+                # a per-image method's first call is timed and measured at once: it is too costly to repeat,
+                # and its one-time set-up is small beside it
+                (maps, logits), seconds, memory = _timed_call(lambda: method.explain(part, part_classes), device,
+                                                              measure_memory=first and method.per_image)
+                if memory is not None:
+                    for name in method.names:
+                        records[name].memory_mib = memory
                 for name in method.names:
                     record = records[name]
                     record.seconds += seconds

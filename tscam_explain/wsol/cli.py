@@ -9,7 +9,8 @@ import timm
 import torch
 
 from ..explainers import list_explainers, make_explainer
-from ..models import backbone_of, load_model
+from ..models import backbone_of
+from ..pretrained import open_model
 from ..vit import input_config
 from .datasets import DATASET_FORMATS, FORMAT_OPTIONS, PROTOCOLS, WSOLDataset, open_dataset
 from .harness import evaluate
@@ -25,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate", help="evaluate an explainer on a WSOL dataset (Top-1/5 Loc, GT-known, MaxBoxAcc, PxAP)",
         description="Explain every image of a WSOL dataset for its ground-truth class and write report.json "
                     "and report.md with the protocol's metrics, the settings and the package versions.")
-    parser.add_argument("--checkpoint", type=Path,
-                        help="a tscam-explain model file (TS-CAM or TRT) or an official TS-CAM / TRT checkpoint")
+    parser.add_argument("--checkpoint", help="a shipped model name (tscam-synth, trt-synth, vit-synth), a "
+                                             "tscam-explain model file or an official TS-CAM / TRT checkpoint")
     parser.add_argument("--model", default="deit_small_patch16_224",
                         help="timm model name, used when no --checkpoint is given (default: %(default)s)")
     parser.add_argument("--pretrained", action="store_true", help="with --model: timm's pretrained weights (needs the hub)")
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed ``evaluate`` options.
     """
     if args.checkpoint is not None:
-        model = load_model(args.checkpoint, map_location=args.device)
+        model = open_model(args.checkpoint, map_location=args.device)
         if hasattr(model, "official"):
             print(model.official.describe())
     else:
