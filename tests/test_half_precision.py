@@ -146,8 +146,7 @@ def test_bench_in_half_precision_and_under_autocast(synth):
     names = ["tscam", "gradcam"]
     expected = {row["explainer"]: row for row in bench_model(model, "fp32", synth, names, settings)["rows"]}
     for label, variant, autocast_dtype in half_variants(model):
-        # dtype_policy: the bench's own calls of the model (plain forward, deletion, ROAD) get the model's dtype
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None), dtype_policy(variant):
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
             rows = bench_model(variant, label, synth, names, settings)["rows"]
         for row in rows:
             reference = expected[row["explainer"]]

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import PathLike
-from ..explainers import list_explainers
+from ..explainers import canonical_name, list_explainers
 from ..pretrained import open_model
 from ..wsol import package_versions
 from .data import dataset_data, synth_data
@@ -66,9 +66,9 @@ def bench(models: Union[Sequence[ModelSpec], Mapping[str, ModelSpec]], data: Ben
         unknown_models = sorted(set(explainers) - set(loaded))
         if unknown_models:
             raise ValueError(f"explainers are given for {unknown_models}, which are not among the models {list(loaded)}")
-        chosen = {label: [name.lower() for name in names] for label, names in explainers.items()}
+        chosen = {label: [canonical_name(name) for name in names] for label, names in explainers.items()}
     elif explainers is not None:
-        wanted = [name.lower() for name in explainers]
+        wanted = [canonical_name(name) for name in explainers]
         for label, model in loaded.items():
             chosen[label] = [name for name in wanted if name in list_explainers(model)]
         unused = [name for name in wanted if not any(name in names for names in chosen.values())]

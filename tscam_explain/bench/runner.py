@@ -29,7 +29,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..explainers import TSCAMExplainer, list_explainers, make_explainer, release_explainer, upsample_maps
+from ..explainers import (TSCAMExplainer, canonical_name, dtype_policy, list_explainers, make_explainer,
+                          release_explainer, upsample_maps)
 from ..models import backbone_of
 from ..vit import input_config
 from ..wsol import evaluate, explain_batch, maxboxacc_box, maxboxacc_scoremap, wsol_collate
@@ -296,7 +297,7 @@ def bench_model(model: nn.Module, label: str, data: BenchData, explainers: Optio
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     applicable = list_explainers(model)
-    names = [name.lower() for name in (explainers if explainers is not None else default_explainers(model))]
+    names = [canonical_name(name) for name in (explainers if explainers is not None else default_explainers(model))]
     refused = [name for name in names if name not in applicable]
     if refused:
         raise ValueError(f"explainer(s) {refused} do not apply to {label} ({type(model).__name__}); "
@@ -324,51 +325,54 @@ def bench_model(model: nn.Module, label: str, data: BenchData, explainers: Optio
         sanity_methods = [_Method(method.names, randomized) for method in methods]
     records = {name: _Record() for name in names}
     forward = {"seconds": 0.0, "images": 0, "peak_mib": None}
-    try:
-        bar = tqdm(total=count * len(methods), desc=f"bench {label}", unit="img", disable=not settings.progress)
-        seen = 0
-        for batch in loader:
-            images, classes = batch["image"].to(device), batch["label"]
-            if seen == 0 and "cost" in settings.metrics:  # the first call of each method also warms it up
-                _forward(model, images)
-                forward["peak_mib"] = peak_memory_mib(lambda: _forward(model, images), device)
-            forward["seconds"] += _timed(lambda: _forward(model, images), device)[1]
-            forward["images"] += len(images)
-            for method, sanity_method in zip(methods, sanity_methods):
-                take = len(images) if not method.per_image else min(len(images), settings.expensive_images - seen)
-                if take <= 0:
-                    continue
-                part, part_classes, part_boxes = images[:take], classes[:take], batch["boxes"][:take]
-                first = seen == 0 and "cost" in settings.metrics
-                if first and not method.per_image:  # a warm-up call that also measures the peak memory
-                    memory = peak_memory_mib(lambda: method.explain(part, part_classes), device)
+    # the bench's own calls of the model (plain forward, deletion / insertion, ROAD) get its dtype, as the
+    # explainers do (a bf16 or fp16 model takes float32 images)
+    with dtype_policy(model):
+        try:
+            bar = tqdm(total=count * len(methods), desc=f"bench {label}", unit="img", disable=not settings.progress)
+            seen = 0
+            for batch in loader:
+                images, classes = batch["image"].to(device), batch["label"]
+                if seen == 0 and "cost" in settings.metrics:  # the first call of each method also warms it up
+                    _forward(model, images)
+                    forward["peak_mib"] = peak_memory_mib(lambda: _forward(model, images), device)
+                forward["seconds"] += _timed(lambda: _forward(model, images), device)[1]
+                forward["images"] += len(images)
+                for method, sanity_method in zip(methods, sanity_methods):
+                    take = len(images) if not method.per_image else min(len(images), settings.expensive_images - seen)
+                    if take <= 0:
+                        continue
+                    part, part_classes, part_boxes = images[:take], classes[:take], batch["boxes"][:take]
+                    first = seen == 0 and "cost" in settings.metrics
+                    if first and not method.per_image:  # a warm-up call that also measures the peak memory
+                        memory = peak_memory_mib(lambda: method.explain(part, part_classes), device)
+                        for name in method.names:
+                            records[name].memory_mib = memory
+                    # a per-image method's first call is timed and measured at once: it is too costly to repeat,
+                    # and its one-time set-up is small beside it
+                    (maps, logits), seconds, memory = _timed_call(lambda: method.explain(part, part_classes), device,
+                                                                  measure_memory=first and method.per_image)
+                    if memory is not None:
+                        for name in method.names:
+                            records[name].memory_mib = memory
                     for name in method.names:
-                        records[name].memory_mib = memory
-                # a per-image method's first call is timed and measured at once: it is too costly to repeat,
-                # and its one-time set-up is small beside it
-                (maps, logits), seconds, memory = _timed_call(lambda: method.explain(part, part_classes), device,
-                                                              measure_memory=first and method.per_image)
-                if memory is not None:
-                    for name in method.names:
-                        records[name].memory_mib = memory
-                for name in method.names:
-                    record = records[name]
-                    record.seconds += seconds
-                    record.images += take
-                    record.maps.append(maps[name])
-                    record.logits.append(logits.detach().float().cpu())
-                    record.classes.append(part_classes.clone())
-                    if "faithfulness" in settings.metrics:
-                        display = _display_maps(maps[name], size, device)
-                        _faithfulness(record, model, part, display, part_classes, part_boxes, seen, count, settings)
-                if sanity_method is not None and seen < settings.sanity_images:
-                    _sanity(records, method, sanity_method, part, part_classes, maps, size, device, seen, settings,
-                            num_classes=logits.shape[1])
-                bar.update(take)
-            seen += len(images)
-        bar.close()
-    finally:
-        model.train(was_training)
+                        record = records[name]
+                        record.seconds += seconds
+                        record.images += take
+                        record.maps.append(maps[name])
+                        record.logits.append(logits.detach().float().cpu())
+                        record.classes.append(part_classes.clone())
+                        if "faithfulness" in settings.metrics:
+                            display = _display_maps(maps[name], size, device)
+                            _faithfulness(record, model, part, display, part_classes, part_boxes, seen, count, settings)
+                    if sanity_method is not None and seen < settings.sanity_images:
+                        _sanity(records, method, sanity_method, part, part_classes, maps, size, device, seen, settings,
+                                num_classes=logits.shape[1])
+                    bar.update(take)
+                seen += len(images)
+            bar.close()
+        finally:
+            model.train(was_training)
 
     forward_per_image = forward["seconds"] / max(forward["images"], 1)
     rows = [_summarise(name, method.shared, records[name], forward_per_image, forward["peak_mib"], data, settings,
