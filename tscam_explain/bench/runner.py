@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..explainers import (TSCAMExplainer, canonical_name, dtype_policy, list_explainers, make_explainer,
-                          release_explainer, upsample_maps)
+                          registered_explainers, release_explainer, upsample_maps)
 from ..models import backbone_of
 from ..vit import input_config
 from ..wsol import evaluate, explain_batch, maxboxacc_box, maxboxacc_scoremap, wsol_collate
@@ -170,11 +170,8 @@ class StoredMaps:
 def default_explainers(model: nn.Module) -> List[str]:
     """What ``bench`` runs on ``model`` by default: every explainer of ours that applies to it (and
     whatever later registrations add), and pytorch-grad-cam's :data:`BASELINES` where they apply."""
-    from ..explainers.registry import _EXPLAINERS  # our own registrations, not all of pytorch-grad-cam's
-
     applicable = set(list_explainers(model))
-    ours = [name for name in sorted(_EXPLAINERS) if name in applicable]
-    return ours + [name for name in BASELINES if name in applicable]
+    return registered_explainers(model) + [name for name in BASELINES if name in applicable]
 
 
 # --- the explainers a model runs ----------------------------------------------------------------------

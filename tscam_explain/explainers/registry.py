@@ -56,8 +56,13 @@ def list_explainers(model: Optional[nn.Module] = None) -> List[str]:
     are not listed; ``make_explainer`` refuses them with the reason.
     """
     theirs = grad_cam_methods() if model is None or grad_cam_accepts(model) else []
-    ours = [name for name, entry in _EXPLAINERS.items() if model is None or entry.accepts(model)]
-    return sorted(set(ours) | set(theirs))
+    return sorted(set(registered_explainers(model)) | set(theirs))
+
+
+def registered_explainers(model: Optional[nn.Module] = None) -> List[str]:
+    """The names registered with :func:`register_explainer` (ours, and later registrations), without
+    pytorch-grad-cam's methods, in the order they were registered; with ``model``, only those that apply to it."""
+    return [name for name, entry in _EXPLAINERS.items() if model is None or entry.accepts(model)]
 
 
 def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
