@@ -29,3 +29,13 @@ def expect_file_error(loader, path, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in message, (fragment, message)
     return message
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test in one thread: with tiny models a second thread only adds synchronisation, which
+    dominates on a shared, loaded machine (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,7 +16,8 @@ from tscam_explain.models import create_classifier
 from tscam_explain.wsol import evaluate
 
 SIZE = 32
-SMALL = dict(batch_size=4, faithfulness_images=4, road_images=2, sanity_images=3, expensive_images=2,
+SMALL = dict(batch_size=4, faithfulness_images=4, road_images=2, sanity_images=3, expensive_images=2, captum_images=2,
+             captum_perturbations=2,
              road_combined_percentiles=(30, 70), deletion_steps=4, overlay_images=2, progress=False)
 
 
@@ -58,7 +59,8 @@ def test_localisation_of_replayed_maps_equals_a_direct_evaluation(data):
         faithfulness = row["faithfulness"]
         assert 0 <= faithfulness["deletion_auc"] <= 1 and 0 <= faithfulness["insertion_auc"] <= 1
         assert 0 <= faithfulness["pointing_game"] <= 1
-        assert faithfulness["images"] == {"deletion_insertion": 4, "road": 2, "pointing_game": 6}
+        assert faithfulness["images"] == {"deletion_insertion": 4, "road": 2, "captum": 2, "pointing_game": 6}
+        assert faithfulness["infidelity"] >= -1e-6 and faithfulness["sensitivity_max"] >= 0
         assert row["sanity"]["images"] == 3
     # TransAttention is class-agnostic: its maps for another class are the same maps
     assert rows["transattention"]["sanity"]["random_logit_spearman"] == pytest.approx(1.0)
@@ -103,6 +105,8 @@ def test_bad_input_gets_clear_errors(data, tmp_path):
         bench({"a": model}, data, explainers={"b": ["tscam"]}, settings=BenchSettings(**SMALL))
     with pytest.raises(ValueError, match="unknown metric families"):
         BenchSettings(metrics=("speed",))
+    with pytest.raises(ValueError, match="captum_perturbations must be >= 2"):
+        BenchSettings(captum_perturbations=1)
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match="not a folder"):
         main(["bench", "--out", str(tmp_path / "file")])

@@ -42,10 +42,11 @@ LAYOUTS = {
     "registers": ("vit_base_patch16_224", dict(reg_tokens=4), (32, 32)),
     "dynamic": ("deit_tiny_patch16_224", dict(dynamic_img_size=True), (24, 40)),
 }
-#: methods random by design: contract only, no equality checks
-STOCHASTIC = {"randomcam"}
-#: methods that run the model once per channel: the reduced case (two kinds of target) everywhere
-EXPENSIVE = {"scorecam", "ablationcam"}
+#: methods random by design (random weights, noise, random baselines): contract only, no equality checks
+STOCHASTIC = {"randomcam", "gradientshap", "noisetunnel-saliency", "noisetunnel-inputxgradient",
+              "noisetunnel-integratedgradients"}
+#: methods that run the model once per channel or path step: the reduced case (two kinds of target) everywhere
+EXPENSIVE = {"scorecam", "ablationcam", "integratedgradients", "noisetunnel-integratedgradients"}
 #: the module attributes where torch keeps hooks
 HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",

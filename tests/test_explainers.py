@@ -3,7 +3,6 @@ reference, targets, hooks, and interoperability with pytorch-grad-cam's utilitie
 import copy
 import gc
 import resource
-import warnings
 
 import cv2
 import numpy as np
@@ -237,3 +236,13 @@ def test_make_explainer_returns_grad_cam_objects_configured_for_vit(images):
     with make_explainer("gradcam", tscam) as cam:
         assert cam.target_layers == [tscam.backbone.blocks[-1].norm1]
         assert cam(images, None).shape == (3, 64, 64)
+
+
+def test_model_mode_is_restored_and_maps_are_of_the_eval_model(tscam_model, images):
+    tscam_model.train()
+    tscam_model.head.eval()  # a mixed state must come back module by module
+    with TSCAMExplainer(tscam_model) as cam:
+        maps = cam(images, [0, 1, 2])
+        cam.attribute_ablations(images, [0, 1, 2])
+    assert tscam_model.training and tscam_model.backbone.blocks[0].training and not tscam_model.head.training
+    np.testing.assert_array_equal(maps, TSCAMExplainer(tscam_model.eval())(images, [0, 1, 2]))

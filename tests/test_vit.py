@@ -107,3 +107,53 @@ def test_non_vit_model_is_a_type_error():
 def test_bad_input(bad, error, message):
     with pytest.raises(error, match=message):
         check_input(tiny_vit(), bad)
+
+
+@pytest.mark.parametrize("variant", ["deit_tiny_distilled", "dynamic_224x320"])
+def test_attention_recorder_rebuilds_eager_attention_and_its_gradient(variant):
+    """A_h from the recorded q, k and ∂L/∂A_h = (∂L/∂O_h) V_hᵀ equal eager attention and autograd through it."""
+    from eager_baselines import eager_copy
+    from tscam_explain.vit import AttentionRecorder
+    name, kwargs, size, _, _ = VARIANTS[variant]
+    model = tiny_vit(name, **kwargs)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    eager = eager_copy(model)
+    attentions = []
+    for block in eager.blocks:
+        block.attn.attn_drop.register_forward_hook(lambda _m, _i, attn: attentions.append(attn))
+    expected_grads = torch.autograd.grad(eager(x)[:, 3].sum(), attentions)
+    with AttentionRecorder(model, values=True, outputs=True, tokens=True) as recorder:
+        logits = model(x.clone().requires_grad_(True))
+    assert not any(block.attn.q_norm._forward_hooks or block.attn.k_norm._forward_hooks for block in model.blocks)
+    records = [recorder.records[index] for index in range(len(model.blocks))]
+    output_grads = torch.autograd.grad(logits[:, 3].sum(), [record.output for record in records])
+    torch.testing.assert_close(records[-1].tokens, model.blocks[-1](records[-2].tokens))
+    for record, output_grad, attention, expected in zip(records, output_grads, attentions, expected_grads):
+        for heads in (slice(0, record.num_heads), slice(1, 2)):
+            torch.testing.assert_close(record.probabilities(heads), attention[:, heads], rtol=1e-5, atol=1e-6)
+            gradient = record.probability_gradient(output_grad, heads)
+            torch.testing.assert_close(gradient, expected[:, heads], rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+def test_head_groups_cover_every_head_once_and_bound_the_matrices(monkeypatch):
+    import tscam_explain.vit as vit
+    record = vit.AttentionRecord(scale=1.0, query=torch.zeros(2, 5, 10, 4))
+    assert list(record.head_groups()) == [slice(0, 5)]
+    monkeypatch.setattr(vit, "HEAD_GROUP_ELEMENTS", 2 * 100 * 2)  # two heads' (B, N, N) per group
+    assert list(record.head_groups()) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    monkeypatch.setattr(vit, "HEAD_GROUP_ELEMENTS", 1)
+    assert len(list(record.head_groups())) == 5
+
+
+def test_attention_recorder_streams_blocks_and_refuses_bad_options():
+    from tscam_explain.vit import AttentionRecorder
+    model = tiny_vit()
+    seen = []
+    with AttentionRecorder(model, blocks=[-1], on_attention=lambda index, record: seen.append((index, record))):
+        model(torch.randn(1, 3, 64, 64))
+    assert [index for index, _ in seen] == [1] and seen[0][1].key.shape == (1, 2, 65, 32)
+    with pytest.raises(ValueError, match="on_attention"):
+        AttentionRecorder(model, outputs=True, on_attention=lambda *_: None)
+    model.set_grad_checkpointing(True)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        AttentionRecorder(model, outputs=True)

@@ -20,7 +20,8 @@ from .pretrained import open_model
 from .synth import generate
 from .vit import input_config
 
-DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "gradcam", "layercam", "scorecam")
+DEFAULT_EXPLAINERS = ("tscam", "transattention", "transcam", "rollout", "chefer", "legrad", "gradcam", "layercam",
+                      "scorecam")
 
 
 def overlay_grid(rgb: np.ndarray, maps: Sequence[np.ndarray], titles: Sequence[str]) -> np.ndarray:

@@ -9,13 +9,15 @@ Everything else in tscam-explain goes through these functions for:
 * running one block with a custom attention normalisation (:func:`block_forward_with_softmax`);
 * capturing every block's CLS attention row with timm's fused attention kept on
   (:class:`CLSAttentionRecorder`);
+* recording each block's q, k, v, attention output and output tokens, also with fused attention kept,
+  to rebuild attention weights and their gradients (:class:`AttentionRecorder`);
 * the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`) and the
   ablation layer of its AblationCAM (:class:`ViTAblationLayer`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +28,8 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 __all__ = [
     "TokenLayout",
     "CLSAttentionRecorder",
+    "AttentionRecord",
+    "AttentionRecorder",
     "ViTReshapeTransform",
     "ViTAblationLayer",
     "check_vit",
@@ -393,6 +397,178 @@ class CLSAttentionRecorder:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+#: the most elements of one head group's N × N matrices (16 MiB of float32), see :meth:`AttentionRecord.head_groups`
+HEAD_GROUP_ELEMENTS = 4 * 2 ** 20
+
+
+@dataclass
+class AttentionRecord:
+    """What one block's attention computed in one forward pass, for rebuilding its attention without eager attention.
+
+    Attributes:
+        scale: the block's ``attn.scale``.
+        query: (B, heads, N, head_dim) the output of ``attn.q_norm`` (detached).
+        key: (B, heads, N, head_dim) the output of ``attn.k_norm`` (detached).
+        value: (B, heads, N, head_dim) v, a view into ``attn.qkv``'s output (detached); when recorded.
+        output: (B, N, heads·head_dim) the attention output O = A·V, heads side by side, as it enters
+            ``attn.norm`` (``attn.proj`` in timm releases without it); in the autograd graph, so that
+            ∂L/∂O can be taken; when recorded.
+        tokens: (B, N, D) the block's output tokens, in the autograd graph; when recorded.
+    """
+
+    scale: float
+    query: Optional[torch.Tensor] = None
+    key: Optional[torch.Tensor] = None
+    value: Optional[torch.Tensor] = None
+    output: Optional[torch.Tensor] = None
+    tokens: Optional[torch.Tensor] = None
+
+    @property
+    def num_heads(self) -> int:
+        return self.query.shape[1]
+
+    def head_groups(self) -> Iterator[slice]:
+        """Consecutive heads, as few groups as keep one group's (B, heads, N, N) float32 matrix under
+        :data:`HEAD_GROUP_ELEMENTS` (at least one head per group).
+
+        One group for usual sizes (DeiT-S, batch 8: all 6 heads, 7 MiB), so a block costs a few large
+        operations instead of a few per head (each operation also pays thread synchronisation); more
+        groups for large inputs, so the N × N temporaries stay bounded.
+        """
+        batch, heads, count, _ = self.query.shape
+        per_group = max(1, min(heads, HEAD_GROUP_ELEMENTS // (batch * count * count)))
+        return (slice(start, min(start + per_group, heads)) for start in range(0, heads, per_group))
+
+    def probabilities(self, heads: slice) -> torch.Tensor:
+        """A = softmax(scale · q kᵀ) of the heads ``heads``, float32 (B, h, N, N): the weights timm's fused
+        attention applies, rebuilt as its eager path computes them."""
+        query = self.query[:, heads].float() * self.scale
+        return (query @ self.key[:, heads].float().transpose(-2, -1)).softmax(dim=-1)
+
+    def probability_gradient(self, output_grad: torch.Tensor, heads: slice) -> torch.Tensor:
+        """∂L/∂A of the heads ``heads``, float32 (B, h, N, N), from ``output_grad`` = ∂L/∂O (B, N, heads·head_dim).
+
+        O_h = A_h V_h, so ∂L/∂A_h = (∂L/∂O_h) V_hᵀ: the attention's gradient without eager attention.
+        """
+        batch, count, _ = output_grad.shape
+        grad = output_grad.reshape(batch, count, self.num_heads, -1)[:, :, heads].transpose(1, 2).float()
+        return grad @ self.value[:, heads].float().transpose(-2, -1)
+
+
+class AttentionRecorder:
+    """Records q, k (and v, the attention output, the block output) of each chosen block during a forward
+    pass, with timm's fused ``scaled_dot_product_attention`` kept on.
+
+    Forward hooks on ``attn.q_norm`` / ``attn.k_norm`` (q and k), ``attn.qkv`` (v), forward pre-hooks on
+    ``attn.norm`` or ``attn.proj`` (O = A·V) and forward hooks on the blocks (their output tokens). From q
+    and k, :meth:`AttentionRecord.probabilities` rebuilds the attention weights (a group of heads at a time); from
+    ∂L/∂O and v, :meth:`AttentionRecord.probability_gradient` gives their gradient. The hooks live only
+    inside the ``with`` block (removed on exit, also on an exception); the records stay readable after it.
+
+    Args:
+        model: a timm ViT (:func:`check_vit`; a class token is not required).
+        blocks: indices of the blocks to record (negative allowed); ``None``: all.
+        values: record v.
+        outputs: record the attention output O (needs a forward with gradients to differentiate).
+        tokens: record each block's output tokens.
+        on_attention: ``on_attention(index, record)`` is called as soon as block ``index``'s q and k (and v)
+            exist; the record is then dropped instead of kept, so that a method consuming one block at a
+            time never holds all blocks' q and k.
+
+    Example:
+        >>> with AttentionRecorder(vit, values=True, outputs=True) as recorder:
+        ...     logits = vit(images)
+        >>> record = recorder.records[0]            # block 0
+    """
+
+    def __init__(self, model: VisionTransformer, blocks: Optional[Sequence[int]] = None, *, values: bool = False,
+                 outputs: bool = False, tokens: bool = False,
+                 on_attention: Optional[Callable[[int, AttentionRecord], None]] = None) -> None:
+        check_vit(model, needs_class_token=False)
+        if on_attention is not None and (outputs or tokens):
+            raise ValueError("on_attention consumes each block's q and k at once; it cannot be combined with "
+                             "outputs or tokens, which are kept for a backward pass")
+        if (outputs or tokens) and getattr(model, "grad_checkpointing", False):
+            raise ValueError("the model uses gradient checkpointing, which recomputes the blocks during backward, "
+                             "so recorded tensors would not be in the graph; call model.set_grad_checkpointing(False)")
+        self.block_indices = resolve_block_indices(model, blocks)
+        self._scales = {index: model.blocks[index].attn.scale for index in self.block_indices}
+        self.records: Dict[int, AttentionRecord] = {}
+        self._on_attention = on_attention
+        self._model = model
+        self._options = (values, outputs, tokens)
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> "AttentionRecorder":
+        self.records.clear()
+        values, outputs, tokens = self._options
+        try:
+            for index in self.block_indices:
+                block = self._model.blocks[index]
+                attn = block.attn
+                if values:
+                    self._handles.append(attn.qkv.register_forward_hook(self._save_value(index, attn)))
+                self._handles.append(attn.q_norm.register_forward_hook(self._save_query(index)))
+                self._handles.append(attn.k_norm.register_forward_hook(self._save_key(index)))
+                if outputs:
+                    # the attention output O = A·V enters attn.norm (identity unless scale_norm), then the gate
+                    # and attn.proj; older timm releases have no attn.norm and feed O to attn.proj directly
+                    target = attn.norm if isinstance(getattr(attn, "norm", None), nn.Module) else attn.proj
+                    self._handles.append(target.register_forward_pre_hook(self._save_output(index)))
+                if tokens:
+                    self._handles.append(block.register_forward_hook(self._save_tokens(index)))
+        except BaseException:
+            self._remove_hooks()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _record(self, index: int) -> AttentionRecord:
+        return self.records.setdefault(index, AttentionRecord(scale=self._scales[index]))
+
+    def _save_value(self, index: int, attn: nn.Module):
+        def hook(_module: nn.Module, _inputs, qkv: torch.Tensor) -> None:
+            batch, count, _ = qkv.shape
+            # timm's layout: (B, N, 3 · heads · head_dim), split as (3, heads, head_dim)
+            value = qkv.detach().reshape(batch, count, 3, attn.num_heads, -1)[:, :, 2].transpose(1, 2)
+            self._record(index).value = value
+
+        return hook
+
+    def _save_query(self, index: int):
+        def hook(_module: nn.Module, _inputs, query: torch.Tensor) -> None:
+            self._record(index).query = query.detach()
+
+        return hook
+
+    def _save_key(self, index: int):
+        def hook(_module: nn.Module, _inputs, key: torch.Tensor) -> None:
+            self._record(index).key = key.detach()
+            if self._on_attention is not None:
+                self._on_attention(index, self.records.pop(index))
+
+        return hook
+
+    def _save_output(self, index: int):
+        def hook(_module: nn.Module, inputs) -> None:
+            self._record(index).output = inputs[0]
+
+        return hook
+
+    def _save_tokens(self, index: int):
+        def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            self._record(index).tokens = output
+
+        return hook
 
 
 class ViTReshapeTransform:

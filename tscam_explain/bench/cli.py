@@ -41,6 +41,10 @@ def _add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sanity-images", type=int, default=32, help="images for the sanity checks (default: %(default)s)")
     group.add_argument("--expensive-images", type=int, default=16,
                        help="images for Score-CAM and other per-image methods (default: %(default)s)")
+    group.add_argument("--captum-images", type=int, default=8,
+                       help="images for Captum's infidelity and max-sensitivity (default: %(default)s)")
+    group.add_argument("--captum-perturbations", type=int, default=4,
+                       help="Captum's n_perturb_samples for both, at least 2 (default: %(default)s)")
     group.add_argument("--road-percentiles", help="ROADCombined's percentiles, comma-separated (default: "
                                                   f"pytorch-grad-cam's {','.join(map(str, ROAD_DEFAULTS['combined_percentiles']))})")
     group.add_argument("--cam-threshold", type=float, help="the seeds' protocol threshold (default: the benchmark's)")
@@ -52,7 +56,8 @@ def _add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace, **overrides) -> BenchSettings:
     values = dict(batch_size=args.batch_size, limit=args.limit, faithfulness_images=args.faithfulness_images,
                   road_images=args.road_images, sanity_images=args.sanity_images,
-                  expensive_images=args.expensive_images, cam_threshold=args.cam_threshold,
+                  expensive_images=args.expensive_images, captum_images=args.captum_images,
+                  captum_perturbations=args.captum_perturbations, cam_threshold=args.cam_threshold,
                   metrics=tuple(_names(args.metrics)), seed=args.seed, progress=not args.no_progress)
     if args.road_percentiles:
         values["road_combined_percentiles"] = tuple(float(p) for p in args.road_percentiles.split(","))

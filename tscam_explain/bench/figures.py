@@ -26,7 +26,7 @@ __all__ = ["draw_figures", "FAMILIES"]
 FAMILIES: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "bars_localization": ("Localisation (%)", ("top1_cls", "gt_known", "top1_loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")),
     "bars_faithfulness": ("Faithfulness", ("deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined",
-                                           "pointing_game")),
+                                           "pointing_game", "infidelity", "sensitivity_max")),
     "bars_sanity": ("Sanity: Spearman ρ (lower: maps depend on weights / class)",
                     ("randomization_spearman", "random_logit_spearman")),
     "bars_cost": ("Cost (× plain forward)", ("x_forward", "x_forward_memory")),

@@ -11,7 +11,8 @@ from ..wsol import ERROR_TYPES
 
 __all__ = ["BenchReport", "COLUMNS"]
 
-_COUNT_LABELS = {"deletion_insertion": "deletion/insertion", "road": "ROAD", "pointing_game": "pointing game"}
+_COUNT_LABELS = {"deletion_insertion": "deletion/insertion", "road": "ROAD", "captum": "infidelity/sensitivity",
+                 "pointing_game": "pointing game"}
 
 #: (column, heading, path into a row, format, better) of results.csv and the printed table
 COLUMNS: Tuple[Tuple[str, str, Tuple[str, ...], str, str], ...] = (
@@ -30,6 +31,8 @@ COLUMNS: Tuple[Tuple[str, str, Tuple[str, ...], str, str], ...] = (
     ("road_lerf", "ROAD LeRF", ("faithfulness", "road_lerf"), ".3f", "higher"),
     ("road_combined", "ROAD comb.", ("faithfulness", "road_combined"), ".3f", "higher"),
     ("pointing_game", "Pointing %", ("faithfulness", "pointing_game"), ".1%", "higher"),
+    ("infidelity", "Infidelity", ("faithfulness", "infidelity"), ".3g", "lower"),
+    ("sensitivity_max", "Sens. max", ("faithfulness", "sensitivity_max"), ".3f", "lower"),
     ("randomization_spearman", "ρ rand. model", ("sanity", "randomization_spearman"), ".2f", "lower"),
     ("random_logit_spearman", "ρ rand. logit", ("sanity", "random_logit_spearman"), ".2f", "lower"),
 )
@@ -45,7 +48,9 @@ _PROTOCOLS = (
     "to 0 in the model's input space, or inserted onto a blurred copy, most relevant first); ROAD with "
     "pytorch-grad-cam's own `ROADMostRelevantFirst`, `ROADLeastRelevantFirst`, `ROADCombined` (change of the "
     "softmax probability; percentiles below); energy-based pointing game (share of the map's energy inside the "
-    "GT boxes).",
+    "GT boxes); Captum's own `infidelity` (normalised; Gaussian perturbations, σ = 0.1 in the model's input space) "
+    "and `sensitivity_max` (uniform L∞ perturbations of radius 0.02), through `ExplainerAttribution`, with "
+    "`captum_perturbations` perturbations per image.",
     "**Sanity** (Adebayo et al., 2018): Spearman correlation of the maps with those of the same model with every "
     "weight re-initialised, and with the maps of another, random class. Low is good: the maps depend on the weights "
     "and on the class. TransAttention is class-agnostic by design, so its random-logit correlation is 1.",

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..captum import infidelity_and_sensitivity
 from ..explainers import (TSCAMExplainer, canonical_name, dtype_policy, list_explainers, make_explainer,
                           registered_explainers, release_explainer, upsample_maps)
 from ..models import backbone_of
@@ -46,8 +47,10 @@ __all__ = ["BenchData", "BenchSettings", "StoredMaps", "bench_model", "default_e
 METRIC_FAMILIES = ("cost", "localization", "faithfulness", "sanity")
 #: pytorch-grad-cam's methods that run by default beside ours
 BASELINES = ("gradcam", "layercam", "scorecam")
-#: explainers that run the model once per feature map or region: only on ``expensive_images`` images
-PER_IMAGE_EXPLAINERS = ("scorecam", "ablationcam", "shapleycam")
+#: explainers that run the model tens to hundreds of times per image (once per feature map, region or
+#: path step): only on ``expensive_images`` images
+PER_IMAGE_EXPLAINERS = ("scorecam", "ablationcam", "shapleycam", "integratedgradients", "occlusion",
+                        "noisetunnel-integratedgradients")
 #: TS-CAM and its ablations, computed from one pass when more than one of them is asked for
 _TSCAM_FAMILY = ("tscam", "transattention", "transcam")
 
@@ -65,6 +68,9 @@ class BenchSettings:
         road_images: images for ROAD (its imputation solves a sparse system per image and percentile).
         sanity_images: images for the randomisation and random-logit checks.
         expensive_images: images for :data:`PER_IMAGE_EXPLAINERS` (Score-CAM, …).
+        captum_images: images for Captum's infidelity and max-sensitivity (each runs the model, or for
+            sensitivity the explainer, ``captum_perturbations`` times per image).
+        captum_perturbations: Captum's ``n_perturb_samples`` for both (at least 2).
         deletion_steps: steps of deletion / insertion.
         blur_sigma: σ (pixels) of insertion's blurred start image.
         road_morf_percentile: ROAD most-relevant-first percentile (pytorch-grad-cam's default 80).
@@ -84,6 +90,8 @@ class BenchSettings:
     road_images: int = 16
     sanity_images: int = 32
     expensive_images: int = 16
+    captum_images: int = 8
+    captum_perturbations: int = 4
     deletion_steps: int = 16
     blur_sigma: float = 5.0
     road_morf_percentile: float = ROAD_DEFAULTS["morf_percentile"]
@@ -100,7 +108,11 @@ class BenchSettings:
         unknown = sorted(set(self.metrics) - set(METRIC_FAMILIES))
         if unknown or not self.metrics:
             raise ValueError(f"unknown metric families {unknown or self.metrics}; expected some of {METRIC_FAMILIES}")
-        for name in ("batch_size", "road_images", "sanity_images", "expensive_images", "deletion_steps"):
+        if self.captum_perturbations < 2:
+            raise ValueError(f"captum_perturbations must be >= 2, got {self.captum_perturbations}: Captum's "
+                             "normalised infidelity is 0 with one perturbation")
+        for name in ("batch_size", "road_images", "sanity_images", "expensive_images", "captum_images",
+                     "deletion_steps"):
             if getattr(self, name) < (1 if name in ("batch_size", "deletion_steps") else 0):
                 raise ValueError(f"{name} must be >= {1 if name in ('batch_size', 'deletion_steps') else 0}, "
                                  f"got {getattr(self, name)}")
@@ -259,6 +271,8 @@ class _Record:
     deletion: List[torch.Tensor] = field(default_factory=list)
     insertion: List[torch.Tensor] = field(default_factory=list)
     road: Dict[str, List[np.ndarray]] = field(default_factory=lambda: {"morf": [], "lerf": [], "combined": []})
+    infidelity: List[np.ndarray] = field(default_factory=list)
+    sensitivity: List[np.ndarray] = field(default_factory=list)
     randomization: List[torch.Tensor] = field(default_factory=list)
     random_logit: List[torch.Tensor] = field(default_factory=list)
 
@@ -361,7 +375,8 @@ def bench_model(model: nn.Module, label: str, data: BenchData, explainers: Optio
                         record.classes.append(part_classes.clone())
                         if "faithfulness" in settings.metrics:
                             display = _display_maps(maps[name], size, device)
-                            _faithfulness(record, model, part, display, part_classes, part_boxes, seen, count, settings)
+                            _faithfulness(name, record, model, part, display, part_classes, part_boxes, seen, count,
+                                          settings)
                     if sanity_method is not None and seen < settings.sanity_images:
                         _sanity(records, method, sanity_method, part, part_classes, maps, size, device, seen, settings,
                                 num_classes=logits.shape[1])
@@ -406,9 +421,10 @@ def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images)
 
 
-def _faithfulness(record: _Record, model: nn.Module, images: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor,
-                  boxes: Sequence[torch.Tensor], seen: int, count: int, settings: BenchSettings) -> None:
-    """Pointing game on every image; deletion / insertion and ROAD on the first images only."""
+def _faithfulness(name: str, record: _Record, model: nn.Module, images: torch.Tensor, maps: torch.Tensor,
+                  classes: torch.Tensor, boxes: Sequence[torch.Tensor], seen: int, count: int,
+                  settings: BenchSettings) -> None:
+    """Pointing game on every image; deletion / insertion, ROAD and Captum's metrics on the first images only."""
     record.pointing.append(energy_pointing_game(maps.cpu(), boxes).numpy())
     limit = count if settings.faithfulness_images is None else settings.faithfulness_images
     take = min(len(images), limit - seen)
@@ -425,6 +441,13 @@ def _faithfulness(record: _Record, model: nn.Module, images: torch.Tensor, maps:
                              combined_percentiles=settings.road_combined_percentiles, seed=settings.seed + seen)
         for key, value in scores.items():
             record.road[key].append(value)
+    take = min(len(images), settings.captum_images - seen)
+    if take > 0:
+        scores = infidelity_and_sensitivity(model, name, images[:take], classes[:take].to(images.device),
+                                            n_perturb_samples=settings.captum_perturbations, seed=settings.seed + seen,
+                                            maps=maps[:take])
+        record.infidelity.append(scores["infidelity"].float().cpu().numpy())
+        record.sensitivity.append(scores["sensitivity_max"].float().cpu().numpy())
 
 
 def _sanity(records: Dict[str, _Record], method: _Method, sanity_method: _Method, images: torch.Tensor,
@@ -487,8 +510,10 @@ def _summarise(name: str, shared: bool, record: _Record, forward_per_image: floa
             "deletion_auc": _mean(record.deletion), "insertion_auc": _mean(record.insertion),
             "road_morf": _mean(record.road["morf"]), "road_lerf": _mean(record.road["lerf"]),
             "road_combined": _mean(record.road["combined"]), "pointing_game": _mean(record.pointing),
+            "infidelity": _mean(record.infidelity), "sensitivity_max": _mean(record.sensitivity),
             "images": {"deletion_insertion": int(sum(len(v) for v in record.deletion)),
                        "road": int(sum(len(v) for v in record.road["morf"])),
+                       "captum": int(sum(len(v) for v in record.infidelity)),
                        "pointing_game": int(sum(len(v) for v in record.pointing))},
         }
     if "sanity" in settings.metrics:

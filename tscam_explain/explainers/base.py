@@ -323,17 +323,19 @@ class ViTExplainer:
             if not upsample:
                 raise ValueError("aug_smooth averages maps in image space; it needs upsample=True")
             return self._augmentation_smoothed(input_tensor, targets, eigen_smooth)
-        context, classes = self._explained_pass(input_tensor, targets)
-        with torch.no_grad():
-            maps = self._class_maps(context, classes, eigen_smooth)
+        # the maps may run the model again (gradients, perturbations): restored after both
+        with preserving_model(self.model):
+            context, classes = self._explained_pass(input_tensor, targets)
+            with torch.no_grad():
+                maps = self._class_maps(context, classes, eigen_smooth)
         return self._finish(maps, tuple(input_tensor.shape[-2:]), upsample)
 
     def _explained_pass(self, input_tensor: torch.Tensor, targets: Targets) -> Tuple[Any, torch.Tensor]:
-        """Check the input, cast it (:func:`cast_input`), run :meth:`_forward` once in eval mode with the
-        model restored afterwards, keep the logits (float32); return (context, classes)."""
+        """Check the input, cast it (:func:`cast_input`), run :meth:`_forward` once, keep the logits
+        (float32); return (context, classes). Callers run it under :func:`preserving_model`."""
         check_input(self.backbone, input_tensor)
         input_tensor = cast_input(self.model, input_tensor)
-        with torch.no_grad(), preserving_model(self.model):
+        with torch.no_grad():
             logits, context = self._forward(input_tensor)
         self.outputs = logits.float()
         return context, resolve_targets(targets, logits)

@@ -1,4 +1,4 @@
-"""``make_explainer(name, model)``: our explainers and pytorch-grad-cam's, configured for any timm ViT.
+"""``make_explainer(name, model)``: our explainers, pytorch-grad-cam's and Captum's, configured for any timm ViT.
 
 Names are normalised once (:func:`canonical_name`: lower case, no ``-`` or ``_``) for registering,
 listing and looking up, so every name :func:`list_explainers` returns is accepted by :func:`make_explainer`.
@@ -9,8 +9,13 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import torch.nn as nn
+from pytorch_grad_cam.base_cam import BaseCAM
 
+from .captum_attr import CaptumExplainer, captum_explainer_names, captum_method_name
+from .chefer import CheferExplainer
 from .grad_cam import REFUSED, canonical_name, grad_cam_accepts, grad_cam_methods, make_grad_cam
+from .legrad import LeGradExplainer
+from .rollout import RolloutExplainer
 from .trt import TRTExplainer
 from .tscam import TransAttentionExplainer, TransCAMExplainer, TSCAMExplainer
 
@@ -50,18 +55,22 @@ def register_explainer(name: str, accepts: Optional[Accepts] = None) -> Callable
 
 
 def list_explainers(model: Optional[nn.Module] = None) -> List[str]:
-    """Every name :func:`make_explainer` accepts (canonical); with ``model``, only those that apply to it.
+    """Every name :func:`make_explainer` accepts; with ``model``, only those that apply to it.
 
+    Ours and pytorch-grad-cam's are canonical (:func:`canonical_name`); Captum's are as
+    :func:`~tscam_explain.explainers.captum_attr.captum_explainer_names` spells them (``noisetunnel-saliency``).
     pytorch-grad-cam's methods that do not apply to ViTs (:data:`~tscam_explain.explainers.grad_cam.REFUSED`)
     are not listed; ``make_explainer`` refuses them with the reason.
     """
     theirs = grad_cam_methods() if model is None or grad_cam_accepts(model) else []
-    return sorted(set(registered_explainers(model)) | set(theirs))
+    captum = captum_explainer_names() if model is None or CaptumExplainer.accepts(model) else []
+    return sorted(set(registered_explainers(model)) | set(theirs) | set(captum))
 
 
 def registered_explainers(model: Optional[nn.Module] = None) -> List[str]:
     """The names registered with :func:`register_explainer` (ours, and later registrations), without
-    pytorch-grad-cam's methods, in the order they were registered; with ``model``, only those that apply to it."""
+    pytorch-grad-cam's or Captum's methods, in the order they were registered; with ``model``, only those
+    that apply to it."""
     return [name for name, entry in _EXPLAINERS.items() if model is None or entry.accepts(model)]
 
 
@@ -69,9 +78,12 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     """Build an explainer by name, ready for ``explainer(input_tensor, targets)``.
 
     Args:
-        name: ``tscam``, ``transattention``, ``transcam``, ``trt`` (and later registrations), or any
-            pytorch-grad-cam method by class name (``gradcam``, ``scorecam``, ``layercam``,
-            ``gradcamplusplus``, ``eigencam``, ``kpca_cam``, …); case, ``-`` and ``_`` do not matter.
+        name: ``tscam``, ``transattention``, ``transcam``, ``trt``, ``rollout``, ``chefer``, ``legrad``
+            (and later registrations), any pytorch-grad-cam method by class name (``gradcam``, ``scorecam``,
+            ``layercam``, ``gradcamplusplus``, ``eigencam``, ``kpca_cam``, …), or a Captum method
+            (``saliency``, ``inputxgradient``, ``integratedgradients``, ``gradientshap``, ``occlusion``,
+            ``noisetunnel-saliency``, …; see :class:`~tscam_explain.explainers.captum_attr.CaptumExplainer`);
+            case, ``-`` and ``_`` do not matter.
         model: a tscam-explain model or a timm ViT classifier.
         **kwargs: passed to the explainer. For pytorch-grad-cam methods, ``target_layers`` defaults to
             ``[vit.blocks[-1].norm1]`` and ``reshape_transform`` to :class:`~tscam_explain.vit.ViTReshapeTransform`
@@ -88,6 +100,8 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     key = canonical_name(name)
     if key in REFUSED:
         raise ValueError(f"explainer {name!r} does not apply to ViTs: {REFUSED[key]}")
+    if key not in _EXPLAINERS and captum_method_name(key) is not None:
+        return CaptumExplainer(model, key, **kwargs)
     entry = _EXPLAINERS.get(key)
     if entry is None and key not in grad_cam_methods():
         raise ValueError(f"unknown explainer {name!r}; expected one of {list_explainers()}")
@@ -99,17 +113,26 @@ def make_explainer(name: str, model: nn.Module, **kwargs: Any) -> Any:
     return entry.factory(model, **kwargs) if entry is not None else make_grad_cam(key, model, **kwargs)
 
 
+def release_explainer(explainer: Any) -> None:
+    """Remove the hooks of any explainer :func:`make_explainer` built, without ``with``.
+
+    Ours have ``release()``; pytorch-grad-cam's objects have none (their hooks go through
+    ``activations_and_grads.release()``, and their ``__exit__`` swallows ``IndexError``).
+    """
+    release = getattr(explainer, "release", None)
+    if release is not None:
+        release()
+    elif isinstance(explainer, BaseCAM):
+        explainer.activations_and_grads.release()
+    else:
+        raise TypeError(f"{type(explainer).__name__} is not an explainer make_explainer builds")
+
+
 register_explainer("tscam", TSCAMExplainer.accepts)(TSCAMExplainer)
 register_explainer("transattention", TSCAMExplainer.accepts)(TransAttentionExplainer)
 register_explainer("transcam", TSCAMExplainer.accepts)(TransCAMExplainer)
 register_explainer("trt", TRTExplainer.accepts)(TRTExplainer)
+register_explainer("rollout", RolloutExplainer.accepts)(RolloutExplainer)
+register_explainer("chefer", CheferExplainer.accepts)(CheferExplainer)
+register_explainer("legrad", LeGradExplainer.accepts)(LeGradExplainer)
 
-
-def release_explainer(explainer: Any) -> None:
-    """Remove every hook ``explainer`` put on its model: ``explainer.release()`` for ours and for what
-    :func:`make_explainer` builds; for a pytorch-grad-cam CAM built directly, its ``activations_and_grads``
-    (use this in a ``finally`` rather than such a CAM's ``with``, whose ``__exit__`` swallows ``IndexError``)."""
-    release = getattr(explainer, "release", None)
-    if release is None:
-        release = explainer.activations_and_grads.release
-    release()

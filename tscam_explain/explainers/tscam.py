@@ -22,7 +22,8 @@ import ttach
 from ..models.tscam import TSCAM, TSCAMOutput
 from ..vit import (CLSAttentionRecorder, TokenLayout, check_vit, split_tokens, token_class_contributions,
                    token_class_scores, token_layout)
-from .base import Targets, ViTExplainer, first_principal_projection, warn_eigen_smooth_unused
+from .base import (Targets, ViTExplainer, first_principal_projection, preserving_model,
+                   warn_eigen_smooth_unused)
 
 
 class TSCAMExplainer(ViTExplainer):
@@ -134,7 +135,8 @@ class TSCAMExplainer(ViTExplainer):
         """
         if not (self.uses_attention and self.uses_semantic):
             raise TypeError(f"{type(self).__name__} computes one ablation only; use TSCAMExplainer for all three")
-        context, classes = self._explained_pass(input_tensor, targets)
+        with preserving_model(self.model):
+            context, classes = self._explained_pass(input_tensor, targets)
         with torch.no_grad():
             attention, semantic = self._parts(context, classes, False, True, True)
         grid = (classes.shape[0], *context[0].grid)

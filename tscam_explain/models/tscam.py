@@ -11,7 +11,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..vit import check_vit, split_tokens, token_layout, tokens_to_grid
+from ..vit import TokenLayout, check_vit, split_tokens, token_layout, tokens_to_grid
 from .heads import SemanticHead, create_head
 from .registry import register_architecture
 
@@ -51,7 +51,10 @@ class TSCAM(nn.Module):
     def forward_maps(self, input_tensor: torch.Tensor) -> TSCAMOutput:
         """Logits, semantic maps and the head's input grid in one forward."""
         layout = token_layout(self.backbone, tuple(input_tensor.shape[-2:]))
-        tokens = self.backbone.forward_features(input_tensor)
+        return self.forward_head(self.backbone.forward_features(input_tensor), layout)
+
+    def forward_head(self, tokens: torch.Tensor, layout: TokenLayout) -> TSCAMOutput:
+        """The head on final (``norm``-ed) backbone tokens (B, N, D) of the given layout."""
         _, patches = split_tokens(tokens, layout)
         features = tokens_to_grid(patches, layout)
         semantic_maps = self.head(features)
