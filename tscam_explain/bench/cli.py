@@ -17,9 +17,9 @@ from .runner import METRIC_FAMILIES, BenchSettings
 
 #: the demo: the shipped models, a fresh generated test set, small counts so that it runs in minutes on 2 cores
 #: TS-CAM and its ablations (the paper's Tables 5/6) on the TS-CAM model, TRT, and on the plain classifier
-#: the training-free TS-CAM and pytorch-grad-cam's baselines
+#: the training-free TS-CAM, the attention family and pytorch-grad-cam's baselines
 DEMO_EXPLAINERS = {"tscam-synth": ("tscam", "transattention", "transcam"), "trt-synth": ("trt",),
-                   "vit-synth": ("tscam", "gradcam", "layercam", "scorecam")}
+                   "vit-synth": ("tscam", "rollout", "chefer", "legrad", "gradcam", "layercam", "scorecam")}
 DEMO_MODELS = tuple(DEMO_EXPLAINERS)
 DEMO_SETTINGS = dict(faithfulness_images=16, road_images=4, sanity_images=32, expensive_images=8,
                      road_combined_percentiles=(50,))

@@ -25,6 +25,7 @@ the method inside sees batches of the input's size.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -131,7 +132,10 @@ class CaptumExplainer(ViTExplainer):
         if eigen_smooth:
             warn_eigen_smooth_unused(type(self).__name__)
         kwargs = {**self._defaults(context), **self.attribute_kwargs}
-        with torch.enable_grad():  # the gradient methods differentiate the logits w.r.t. the input
+        # the gradient methods differentiate the logits w.r.t. the input; Captum sets requires_grad on the
+        # (noisy, for the noise tunnel) copies it differentiates and warns each time: by design here, not news
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
             attributions = self._attribution.attribute(context, target=classes, **kwargs)
         summed = attributions.detach().float().sum(dim=1)
         if self.sign == "absolute_value":
