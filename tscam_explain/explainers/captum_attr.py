@@ -35,7 +35,7 @@ from captum.attr import GradientShap, InputXGradient, IntegratedGradients, Noise
 
 from ..models import backbone_of
 from ..vit import check_vit
-from .base import ViTExplainer, warn_eigen_smooth_unused
+from .base import ViTExplainer, dtype_policy, warn_eigen_smooth_unused
 
 #: Captum's classes by the name ``make_explainer`` takes
 CAPTUM_METHODS = {"saliency": Saliency, "inputxgradient": InputXGradient, "integratedgradients": IntegratedGradients,
@@ -133,8 +133,10 @@ class CaptumExplainer(ViTExplainer):
             warn_eigen_smooth_unused(type(self).__name__)
         kwargs = {**self._defaults(context), **self.attribute_kwargs}
         # the gradient methods differentiate the logits w.r.t. the input; Captum sets requires_grad on the
-        # (noisy, for the noise tunnel) copies it differentiates and warns each time: by design here, not news
-        with torch.enable_grad(), warnings.catch_warnings():
+        # (noisy, for the noise tunnel) copies it differentiates and warns each time: by design here, not news.
+        # Captum builds its own inputs (float32 noise, baselines, path points): the dtype policy casts each
+        # model call, so a bf16 or fp16 model works
+        with torch.enable_grad(), warnings.catch_warnings(), dtype_policy(self.model):
             warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
             attributions = self._attribution.attribute(context, target=classes, **kwargs)
         summed = attributions.detach().float().sum(dim=1)
