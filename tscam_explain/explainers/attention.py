@@ -32,34 +32,34 @@ class AttentionExplainer(ViTExplainer):
     needs_classifier = False
 
     def __init__(self, model: nn.Module, tta_transforms: Optional[ttach.Compose] = None) -> None:
-        if getattr(model, "arch", None) == "trt":
-            raise TypeError(f"{type(self).__name__} follows the chain of a ViT's blocks; a TRT model's last block "
-                            "runs on two tokens after its re-attention block. Use TRTExplainer for TRT models")
-        self._vit = check_vit(backbone_of(model), needs_class_token=self.needs_class_token)
-        if self.needs_classifier and not _has_classifier(model):
-            raise TypeError(f"{type(self).__name__} differentiates a class score, but {type(model).__name__} has no "
-                            "classifier (num_classes=0); create the ViT with num_classes > 0")
+        self._vit = self._checked_backbone(model)
         super().__init__(model, tta_transforms)
+
+    @classmethod
+    def _checked_backbone(cls, model: nn.Module) -> nn.Module:
+        """The model's timm ViT, or a TypeError saying why the explainer does not apply to ``model``."""
+        if getattr(model, "arch", None) == "trt":
+            raise TypeError(f"{cls.__name__} follows the chain of a ViT's blocks; a TRT model's last block "
+                            "runs on two tokens after its re-attention block. Use TRTExplainer for TRT models")
+        vit = check_vit(backbone_of(model), needs_class_token=cls.needs_class_token)
+        if cls.needs_classifier and not (isinstance(model, TSCAM) or vit.num_classes > 0):
+            raise TypeError(f"{cls.__name__} differentiates a class score, but {type(model).__name__} has no "
+                            "classifier (num_classes=0); create the ViT with num_classes > 0")
+        return vit
 
     @classmethod
     def accepts(cls, model: nn.Module) -> bool:
         """Whether the explainer applies to ``model``: a timm ViT (with a class token where the map is its
         row, with a classifier where a class score is differentiated) or a TS-CAM model; not TRT."""
-        if getattr(model, "arch", None) == "trt":
-            return False
         try:
-            check_vit(backbone_of(model), needs_class_token=cls.needs_class_token)
+            cls._checked_backbone(model)
         except TypeError:
             return False
-        return _has_classifier(model) or not cls.needs_classifier
+        return True
 
     @property
     def backbone(self) -> nn.Module:
         return self._vit
-
-
-def _has_classifier(model: nn.Module) -> bool:
-    return isinstance(model, TSCAM) or getattr(backbone_of(model), "num_classes", 0) > 0
 
 
 def forward_with_activation_graph(model: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:

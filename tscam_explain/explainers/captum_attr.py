@@ -36,6 +36,7 @@ from captum.attr import GradientShap, InputXGradient, IntegratedGradients, Noise
 from ..models import backbone_of
 from ..vit import check_vit
 from .base import ViTExplainer, dtype_policy, warn_eigen_smooth_unused
+from .grad_cam import canonical_name
 
 #: Captum's classes by the name ``make_explainer`` takes
 CAPTUM_METHODS = {"saliency": Saliency, "inputxgradient": InputXGradient, "integratedgradients": IntegratedGradients,
@@ -50,16 +51,12 @@ def captum_explainer_names() -> List[str]:
     return sorted(CAPTUM_METHODS) + [f"noisetunnel-{name}" for name in NOISE_TUNNELED]
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
-_BY_KEY = {_key(name): name for name in captum_explainer_names()}
+_BY_KEY = {canonical_name(name): name for name in captum_explainer_names()}
 
 
 def captum_method_name(name: str) -> Optional[str]:
     """The canonical Captum explainer name for ``name`` (case, ``-`` and ``_`` ignored), or ``None``."""
-    return _BY_KEY.get(_key(name))
+    return _BY_KEY.get(canonical_name(name))
 
 
 class CaptumExplainer(ViTExplainer):
