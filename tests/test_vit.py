@@ -7,8 +7,10 @@ import torch.nn as nn
 from pytorch_grad_cam import GradCAM
 
 from conftest import tiny_vit
-from tscam_explain.vit import (CLSAttentionRecorder, ViTReshapeTransform, check_input, check_vit, split_tokens,
-                               token_layout, tokens_to_grid)
+from timm.models.vision_transformer import Block, ResPostBlock
+
+from tscam_explain.vit import (BlockTokenRecorder, CLSAttentionRecorder, ViTReshapeTransform, block_attention_gradient,
+                               check_input, check_vit, split_tokens, token_layout, tokens_to_grid)
 
 VARIANTS = {
     # name: (timm name, extra kwargs, input size, expected prefix tokens, expected grid)
@@ -122,17 +124,74 @@ def test_attention_recorder_rebuilds_eager_attention_and_its_gradient(variant):
     for block in eager.blocks:
         block.attn.attn_drop.register_forward_hook(lambda _m, _i, attn: attentions.append(attn))
     expected_grads = torch.autograd.grad(eager(x)[:, 3].sum(), attentions)
-    with AttentionRecorder(model, values=True, outputs=True, tokens=True) as recorder:
+    with AttentionRecorder(model, values=True, outputs=True) as recorder:
         logits = model(x.clone().requires_grad_(True))
     assert not any(block.attn.q_norm._forward_hooks or block.attn.k_norm._forward_hooks for block in model.blocks)
     records = [recorder.records[index] for index in range(len(model.blocks))]
     output_grads = torch.autograd.grad(logits[:, 3].sum(), [record.output for record in records])
-    torch.testing.assert_close(records[-1].tokens, model.blocks[-1](records[-2].tokens))
     for record, output_grad, attention, expected in zip(records, output_grads, attentions, expected_grads):
         for heads in (slice(0, record.num_heads), slice(1, 2)):
             torch.testing.assert_close(record.probabilities(heads), attention[:, heads], rtol=1e-5, atol=1e-6)
             gradient = record.probability_gradient(output_grad, heads)
             torch.testing.assert_close(gradient, expected[:, heads], rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+
+
+class SubclassedBlock(Block):
+    """timm's Block under another type: block_attention_gradient's general path (the block re-run as a module)."""
+
+
+def _eager_block_gradients(block: nn.Module, tokens: torch.Tensor, output_grad: torch.Tensor):
+    """Independent reference: the block run with eager attention (a copy, fused_attn=False), autograd through
+    the attention weights read at attn_drop."""
+    eager = copy.deepcopy(block)
+    eager.attn.fused_attn = False
+    seen = []
+    eager.attn.attn_drop.register_forward_hook(lambda _m, _i, attn: seen.append(attn))
+    tokens = tokens.clone().requires_grad_(True)
+    attention_grad, input_grad = torch.autograd.grad(eager(tokens), [seen[0], tokens], output_grad)
+    return seen[0], attention_grad, input_grad
+
+
+@pytest.mark.parametrize("block_fn", [Block, SubclassedBlock, ResPostBlock], ids=["standard", "subclass", "res_post"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense_gradient", "class_token_gradient"])
+def test_block_attention_gradient_equals_eager_autograd(block_fn, sparse):
+    """Each block recomputed from the recorded tokens: A, ∂L/∂A and ∂L/∂tokens equal eager autograd; with a
+    gradient on the class token only, the rows reported are that one and the eager gradient is zero elsewhere."""
+    model = tiny_vit("deit_tiny_distilled_patch16_224", block_fn=block_fn, init_values=0.5, qk_norm=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with BlockTokenRecorder(model) as recorder, torch.no_grad():
+        model(x)
+    tokens = recorder.tokens
+    assert sorted(tokens) == list(range(len(model.blocks) + 1)) and not model.blocks[0]._forward_pre_hooks
+    for index, block in enumerate(model.blocks):
+        torch.testing.assert_close(tokens[index + 1], block(tokens[index]))
+        output_grad = torch.randn(tokens[index].shape, generator=torch.Generator().manual_seed(index))
+        if sparse:
+            output_grad[:, 1:] = 0
+        step = block_attention_gradient(model, index, tokens[index], output_grad, input_grad=True)
+        attention, expected_grad, expected_input_grad = _eager_block_gradients(block, tokens[index], output_grad)
+        rows = [0] if sparse and block_fn is Block else list(range(tokens[index].shape[1]))
+        assert step.rows.tolist() == rows
+        torch.testing.assert_close(step.probabilities, attention[:, :, rows], rtol=1e-5, atol=1e-6)
+        scale = expected_grad.abs().max().item()
+        torch.testing.assert_close(step.gradient, expected_grad[:, :, rows], rtol=1e-4, atol=1e-5 * scale)
+        assert set(expected_grad.abs().sum(dim=(0, 1, 3)).nonzero()[:, 0].tolist()) <= set(rows)
+        scale = expected_input_grad.abs().max().item()
+        torch.testing.assert_close(step.input_grad, expected_input_grad, rtol=1e-4, atol=1e-5 * scale)
+        without_input = block_attention_gradient(model, index, tokens[index], output_grad)
+        assert without_input.input_grad is None
+        torch.testing.assert_close(without_input.gradient, step.gradient)
+    assert all(not block._forward_hooks and not block.attn.qkv._forward_hooks for block in model.blocks)
+
+
+def test_block_token_recorder_keeps_the_positions_asked_for_and_refuses_others():
+    model = tiny_vit()
+    with BlockTokenRecorder(model, positions=[0, 2]) as recorder, torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert sorted(recorder.tokens) == [0, 2] and recorder.tokens[2].shape == (1, 65, 64)
+    assert not model.blocks[-1]._forward_hooks and not model.blocks[0]._forward_pre_hooks
+    with pytest.raises(ValueError, match=r"token positions must lie in 0\.\.2"):
+        BlockTokenRecorder(model, positions=[3])
 
 
 def test_head_groups_cover_every_head_once_and_bound_the_matrices(monkeypatch):

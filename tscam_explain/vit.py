@@ -9,8 +9,11 @@ Everything else in tscam-explain goes through these functions for:
 * running one block with a custom attention normalisation (:func:`block_forward_with_softmax`);
 * capturing every block's CLS attention row with timm's fused attention kept on
   (:class:`CLSAttentionRecorder`);
-* recording each block's q, k, v, attention output and output tokens, also with fused attention kept,
-  to rebuild attention weights and their gradients (:class:`AttentionRecorder`);
+* recording each block's q, k, v and attention output, also with fused attention kept, to rebuild
+  attention weights and their gradients (:class:`AttentionRecorder`);
+* recording the token sequences between the blocks (:class:`BlockTokenRecorder`) and back-propagating
+  through one block at a time from them, to the block's attention weights
+  (:func:`block_attention_gradient`): gradient methods without keeping every block's activations;
 * the ``reshape_transform`` pytorch-grad-cam needs for ViTs (:class:`ViTReshapeTransform`) and the
   ablation layer of its AblationCAM (:class:`ViTAblationLayer`).
 """
@@ -21,15 +24,20 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from pytorch_grad_cam.ablation_layer import AblationLayer
 from timm.data import resolve_data_config
-from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from timm.layers import Mlp
+from timm.models.vision_transformer import Attention, Block, LayerScale, VisionTransformer
 
 __all__ = [
     "TokenLayout",
     "CLSAttentionRecorder",
     "AttentionRecord",
     "AttentionRecorder",
+    "BlockTokenRecorder",
+    "BlockAttentionGradient",
+    "block_attention_gradient",
     "ViTReshapeTransform",
     "ViTAblationLayer",
     "check_vit",
@@ -415,7 +423,6 @@ class AttentionRecord:
         output: (B, N, heads·head_dim) the attention output O = A·V, heads side by side, as it enters
             ``attn.norm`` (``attn.proj`` in timm releases without it); in the autograd graph, so that
             ∂L/∂O can be taken; when recorded.
-        tokens: (B, N, D) the block's output tokens, in the autograd graph; when recorded.
     """
 
     scale: float
@@ -423,7 +430,6 @@ class AttentionRecord:
     key: Optional[torch.Tensor] = None
     value: Optional[torch.Tensor] = None
     output: Optional[torch.Tensor] = None
-    tokens: Optional[torch.Tensor] = None
 
     @property
     def num_heads(self) -> int:
@@ -458,11 +464,11 @@ class AttentionRecord:
 
 
 class AttentionRecorder:
-    """Records q, k (and v, the attention output, the block output) of each chosen block during a forward
-    pass, with timm's fused ``scaled_dot_product_attention`` kept on.
+    """Records q, k (and v, the attention output) of each chosen block during a forward pass, with timm's
+    fused ``scaled_dot_product_attention`` kept on.
 
-    Forward hooks on ``attn.q_norm`` / ``attn.k_norm`` (q and k), ``attn.qkv`` (v), forward pre-hooks on
-    ``attn.norm`` or ``attn.proj`` (O = A·V) and forward hooks on the blocks (their output tokens). From q
+    Forward hooks on ``attn.q_norm`` / ``attn.k_norm`` (q and k), ``attn.qkv`` (v) and forward pre-hooks on
+    ``attn.norm`` or ``attn.proj`` (O = A·V). From q
     and k, :meth:`AttentionRecord.probabilities` rebuilds the attention weights (a group of heads at a time); from
     ∂L/∂O and v, :meth:`AttentionRecord.probability_gradient` gives their gradient. The hooks live only
     inside the ``with`` block (removed on exit, also on an exception); the records stay readable after it.
@@ -472,7 +478,6 @@ class AttentionRecorder:
         blocks: indices of the blocks to record (negative allowed); ``None``: all.
         values: record v.
         outputs: record the attention output O (needs a forward with gradients to differentiate).
-        tokens: record each block's output tokens.
         on_attention: ``on_attention(index, record)`` is called as soon as block ``index``'s q and k (and v)
             exist; the record is then dropped instead of kept, so that a method consuming one block at a
             time never holds all blocks' q and k.
@@ -484,13 +489,13 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: VisionTransformer, blocks: Optional[Sequence[int]] = None, *, values: bool = False,
-                 outputs: bool = False, tokens: bool = False,
+                 outputs: bool = False,
                  on_attention: Optional[Callable[[int, AttentionRecord], None]] = None) -> None:
         check_vit(model, needs_class_token=False)
-        if on_attention is not None and (outputs or tokens):
+        if on_attention is not None and outputs:
             raise ValueError("on_attention consumes each block's q and k at once; it cannot be combined with "
-                             "outputs or tokens, which are kept for a backward pass")
-        if (outputs or tokens) and getattr(model, "grad_checkpointing", False):
+                             "outputs, which are kept for a backward pass")
+        if outputs and getattr(model, "grad_checkpointing", False):
             raise ValueError("the model uses gradient checkpointing, which recomputes the blocks during backward, "
                              "so recorded tensors would not be in the graph; call model.set_grad_checkpointing(False)")
         self.block_indices = resolve_block_indices(model, blocks)
@@ -498,16 +503,15 @@ class AttentionRecorder:
         self.records: Dict[int, AttentionRecord] = {}
         self._on_attention = on_attention
         self._model = model
-        self._options = (values, outputs, tokens)
+        self._options = (values, outputs)
         self._handles: List[Any] = []
 
     def __enter__(self) -> "AttentionRecorder":
         self.records.clear()
-        values, outputs, tokens = self._options
+        values, outputs = self._options
         try:
             for index in self.block_indices:
-                block = self._model.blocks[index]
-                attn = block.attn
+                attn = self._model.blocks[index].attn
                 if values:
                     self._handles.append(attn.qkv.register_forward_hook(self._save_value(index, attn)))
                 self._handles.append(attn.q_norm.register_forward_hook(self._save_query(index)))
@@ -517,8 +521,6 @@ class AttentionRecorder:
                     # and attn.proj; older timm releases have no attn.norm and feed O to attn.proj directly
                     target = attn.norm if isinstance(getattr(attn, "norm", None), nn.Module) else attn.proj
                     self._handles.append(target.register_forward_pre_hook(self._save_output(index)))
-                if tokens:
-                    self._handles.append(block.register_forward_hook(self._save_tokens(index)))
         except BaseException:
             self._remove_hooks()
             raise
@@ -564,11 +566,181 @@ class AttentionRecorder:
 
         return hook
 
-    def _save_tokens(self, index: int):
-        def hook(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
-            self._record(index).tokens = output
+
+class BlockTokenRecorder:
+    """Records the token sequences between a ViT's blocks during one forward pass, detached.
+
+    Position ``l < L`` is block ``l``'s input, position ``L`` the last block's output (what the final norm
+    receives). With them, :func:`block_attention_gradient` back-propagates through one block at a time,
+    instead of one backward pass through a graph that holds every block's activations. Forward pre-hooks
+    on the blocks (and a forward hook on the last one), removed on exit, also on an exception.
+
+    Args:
+        model: a timm ViT (:func:`check_vit`; a class token is not required).
+        positions: the positions to keep (``None``: all ``L + 1``).
+
+    Example:
+        >>> with BlockTokenRecorder(vit) as recorder, torch.no_grad():
+        ...     logits = vit(images)
+        >>> recorder.tokens[0]                      # the tokens entering block 0
+    """
+
+    def __init__(self, model: VisionTransformer, positions: Optional[Iterable[int]] = None) -> None:
+        check_vit(model, needs_class_token=False)
+        depth = len(model.blocks)
+        self.positions = sorted(set(range(depth + 1) if positions is None else positions))
+        if not all(isinstance(position, int) and 0 <= position <= depth for position in self.positions):
+            raise ValueError(f"token positions must lie in 0..{depth} for a model with {depth} blocks, "
+                             f"got {self.positions}")
+        self.tokens: Dict[int, torch.Tensor] = {}
+        self._model = model
+        self._handles: List[Any] = []
+
+    def __enter__(self) -> "BlockTokenRecorder":
+        self.tokens.clear()
+        blocks = self._model.blocks
+        try:
+            for position in self.positions:
+                if position < len(blocks):
+                    hook = self._save(position, lambda _module, inputs: inputs[0])
+                    self._handles.append(blocks[position].register_forward_pre_hook(hook))
+                else:
+                    hook = self._save(position, lambda _module, _inputs, output: output)
+                    self._handles.append(blocks[-1].register_forward_hook(hook))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _save(self, position: int, select: Callable[..., torch.Tensor]):
+        def hook(*args) -> None:
+            self.tokens[position] = select(*args).detach()
 
         return hook
+
+
+@dataclass
+class BlockAttentionGradient:
+    """One block's attention weights and a gradient through them (:func:`block_attention_gradient`).
+
+    Attributes:
+        rows: (R,) the query rows whose gradient can be non-zero: the rows where the block's output
+            gradient is non-zero (every row, unless the loss reads a few tokens, e.g. a CLS-token head).
+            At the other rows the gradient is exactly zero.
+        probabilities: (B, heads, R, N) float32 attention weights A at those rows.
+        gradient: (B, heads, R, N) float32 ∂L/∂A at those rows.
+        input_grad: (B, N, D) ∂L/∂(the block's input tokens), when asked for.
+    """
+
+    rows: torch.Tensor
+    probabilities: torch.Tensor
+    gradient: torch.Tensor
+    input_grad: Optional[torch.Tensor] = None
+
+
+def block_attention_gradient(model: VisionTransformer, index: int, tokens: torch.Tensor, output_grad: torch.Tensor,
+                             *, input_grad: bool = False) -> BlockAttentionGradient:
+    """Run block ``index`` on its recorded input ``tokens`` and back-propagate ``output_grad`` = ∂L/∂(its
+    output) to its attention weights (and its input).
+
+    The gradient methods' memory-lean pass: a forward without gradients records the tokens between the
+    blocks (:class:`BlockTokenRecorder`, timm's fused attention kept), then this recomputes one block at a
+    time. Peak memory holds one block's activations instead of every block's.
+
+    timm's standard ``Block`` (exact type, with its ``Attention``, ``Mlp`` and layer scales, in eval mode)
+    is recomputed from its own modules with the attention weights formed in float32 at the rows that
+    matter; the MLP's second linear layer is not re-run, its input gradient being ``grad @ fc2.weight``.
+    Any other block the package accepts is re-run as a module (fused attention kept), A is rebuilt
+    from its q, k and ∂L/∂A from ∂L/∂O and v (:class:`AttentionRecorder`).
+
+    Args:
+        model: the timm ViT.
+        index: the block.
+        tokens: (B, N, D) the block's input, as recorded.
+        output_grad: (B, N, D) ∂L/∂(the block's output).
+        input_grad: also return ∂L/∂tokens (for carrying the gradient down to the previous block).
+    """
+    block = model.blocks[index]
+    if _has_standard_parts(block):
+        return _standard_block_attention_gradient(block, tokens, output_grad, input_grad)
+    tokens = tokens.detach().requires_grad_(True)
+    with AttentionRecorder(model, [index], values=True, outputs=True) as recorder, torch.enable_grad():
+        output = block(tokens)
+    record = recorder.records[index]
+    grads = torch.autograd.grad(output, [record.output, tokens] if input_grad else [record.output], output_grad)
+    every_head = slice(0, record.num_heads)
+    return BlockAttentionGradient(rows=torch.arange(tokens.shape[1], device=tokens.device),
+                                  probabilities=record.probabilities(every_head),
+                                  gradient=record.probability_gradient(grads[0], every_head),
+                                  input_grad=grads[1] if input_grad else None)
+
+
+def _has_standard_parts(block: nn.Module) -> bool:
+    """Whether ``block`` is exactly timm's Block/Attention/Mlp with linear layers and diagonal layer scales,
+    in eval mode: what :func:`_standard_block_attention_gradient` re-implements."""
+    if not (type(block) is Block and type(block.attn) is Attention and type(block.mlp) is Mlp) or block.training:
+        return False
+    linears = (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+    return all(type(layer) is nn.Linear for layer in linears) and type(block.ls2) in (nn.Identity, LayerScale)
+
+
+def _linear_without_weight_grad(layer: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    # with the weights detached autograd does not keep the layer's input (only weight gradients need it):
+    # the gradient methods differentiate activations only
+    return F.linear(inputs, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+
+
+def _standard_block_attention_gradient(block: nn.Module, tokens: torch.Tensor, output_grad: torch.Tensor,
+                                       input_grad: bool) -> BlockAttentionGradient:
+    attn, mlp = block.attn, block.mlp
+    batch, count, _ = tokens.shape
+    # rows whose output gradient is zero get zero attention gradient (attention mixes keys, not queries,
+    # and everything after it acts token by token): only the others are recomputed
+    rows = output_grad.detach().abs().amax(dim=(0, 2)).nonzero()[:, 0]
+    every_row = len(rows) == count
+    if len(rows) == 0:
+        rows = rows.new_zeros(1)
+    grad = output_grad if every_row else output_grad[:, rows]
+    # output = middle + ls2(fc2(hidden)), ls2 diagonal and fc2 linear: ∂L/∂hidden = (γ ⊙ grad) W₂, so fc2
+    # itself is not re-run
+    scaled = grad * block.ls2.gamma if isinstance(block.ls2, LayerScale) else grad
+    hidden_grad = scaled.to(mlp.fc2.weight.dtype) @ mlp.fc2.weight.detach()
+    tokens = tokens.detach().requires_grad_(input_grad)
+    # eval mode: the dropouts and drop paths are identities and are left out. Intermediates are not named
+    # beyond their last use, so that each is freed as soon as autograd no longer needs it
+    with torch.enable_grad():
+        normed = block.norm1(tokens)
+        query, key, value = _linear_without_weight_grad(attn.qkv, normed).reshape(
+            batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        query, key = attn.q_norm(query), attn.k_norm(key)
+        residual = tokens if every_row else tokens[:, rows]
+        if not every_row:
+            query, normed = query[:, :, rows], normed[:, rows]
+        probabilities = (query.float() @ key.float().transpose(-2, -1)).mul_(attn.scale).softmax(dim=-1)
+        del query, key
+        if not input_grad:
+            probabilities = probabilities.detach().requires_grad_(True)
+        attended = attn.norm((probabilities @ value.float()).to(value.dtype).transpose(1, 2).flatten(2))
+        del value
+        if getattr(attn, "gate", None) is not None:  # the gated variant exists in recent timm releases only
+            attended = attended * attn.gate(normed).sigmoid()
+        del normed
+        middle = residual + block.ls1(_linear_without_weight_grad(attn.proj, attended))
+        del attended, residual
+        hidden = mlp.norm(mlp.act(_linear_without_weight_grad(mlp.fc1, block.norm2(middle))))
+        # ⟨grad, middle⟩ + ⟨∂L/∂hidden, hidden⟩ has the block's gradient; as a scalar (dot products, no
+        # product tensor), neither hidden nor its gradient has to outlive it
+        surrogate = (torch.dot(middle.flatten(), grad.to(middle.dtype).flatten())
+                     + torch.dot(hidden.flatten(), hidden_grad.to(hidden.dtype).flatten()))
+    del middle, hidden, hidden_grad, scaled
+    grads = torch.autograd.grad(surrogate, [probabilities, tokens] if input_grad else [probabilities])
+    return BlockAttentionGradient(rows=rows, probabilities=probabilities.detach(), gradient=grads[0],
+                                  input_grad=grads[1] if input_grad else None)
 
 
 class ViTReshapeTransform:

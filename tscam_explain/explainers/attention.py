@@ -7,14 +7,14 @@ methods follow.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import ttach
 
 from ..models import TSCAM, backbone_of
-from ..vit import check_vit
+from ..vit import BlockTokenRecorder, TokenLayout, check_vit, token_layout
 from .base import ViTExplainer
 
 
@@ -62,15 +62,44 @@ class AttentionExplainer(ViTExplainer):
         return self._vit
 
 
-def forward_with_activation_graph(model: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:
-    """``model(input_tensor)`` recording an autograd graph through the activations but not to the parameters.
+class GradientAttentionExplainer(AttentionExplainer):
+    """Base of the explainers that differentiate a class score to the blocks' attention (``chefer``, ``legrad``).
 
-    The gradient methods differentiate activations only. Called with its parameters detached
-    (``torch.func.functional_call``: the model's own parameters are untouched and back in place after the
-    call, failed or not), autograd does not save the inputs of the linear layers, which only weight
-    gradients need: a third less memory (DeiT-S, batch 8: 455 → 298 MiB). The input asks for gradients,
-    so that the graph exists whether or not the user's parameters require them.
+    One forward pass without gradients, the user's model as it is (fused attention kept), records the tokens
+    between the blocks (:class:`~tscam_explain.vit.BlockTokenRecorder`) and gives the logits, hence the
+    classes. The gradients are then taken one block at a time from those tokens
+    (:func:`~tscam_explain.vit.block_attention_gradient`), so that peak memory holds one block's
+    activations, not all of them (DeiT-S, batch 8: 2–3 × a plain forward instead of 7 ×).
     """
-    parameters = {name: parameter.detach() for name, parameter in model.named_parameters()}
+
+    needs_classifier = True
+
+    def _token_positions(self) -> Optional[Sequence[int]]:
+        """The token positions :meth:`_class_maps` reads (``None``: all)."""
+        return None
+
+    def _forward(self, input_tensor: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
+        layout = token_layout(self._vit, tuple(input_tensor.shape[-2:]))
+        with BlockTokenRecorder(self._vit, self._token_positions()) as recorder:
+            logits = self.model(input_tensor)
+        return logits, (layout, recorder.tokens)
+
+    def _model_score(self, layout: TokenLayout) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``score(tokens, classes)``: (B,) the model's own logits of ``classes`` from final block tokens (B, N, D):
+        the final norm, then the model's pooling and classifier (TS-CAM: its conv head and average)."""
+        vit = self._vit
+        if isinstance(self.model, TSCAM):
+            head = lambda tokens: self.model.forward_head(vit.norm(tokens), layout).logits  # noqa: E731
+        else:
+            head = lambda tokens: vit.forward_head(vit.norm(tokens))  # noqa: E731
+        return lambda tokens, classes: head(tokens).gather(1, classes[:, None])[:, 0]
+
+
+def score_gradient(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: torch.Tensor,
+                   classes: torch.Tensor) -> torch.Tensor:
+    """∂ Σ_b score(tokens, classes)_b / ∂tokens, (B, N, D): images are independent, so one backward pass
+    gives every image's gradient."""
+    tokens = tokens.detach().requires_grad_(True)
     with torch.enable_grad():
-        return torch.func.functional_call(model, parameters, (input_tensor.detach().requires_grad_(True),))
+        total = score(tokens, classes).sum()
+    return torch.autograd.grad(total, tokens)[0]

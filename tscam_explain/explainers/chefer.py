@@ -5,11 +5,11 @@ y_c is the target class's logit (pre-softmax) of the model's own output; ∇A_l 
 Ā_l = E_h[(∇A_l ⊙ A_l)⁺] (the product, clamped at 0, then the mean over heads); R⁰ = I and
 R ← R + Ā_l · R for l = 1 … L, unnormalised; the map is the class token's row R[0, P:].
 
-One forward pass (timm's fused attention kept) and one backward pass to the blocks' attention outputs:
-A_l is rebuilt from the recorded q, k and ∇A_l = (∂y_c/∂O_l) V_lᵀ from the gradient at the attention
-output O_l = A_l V_l. Only the class token's row of R is needed, and
-R = (I + Ā_L) ⋯ (I + Ā_1), so the row is carried from block L down to block 1 (r ← r + r Ā_l): no N × N
-relevance matrix, and one block's N × N matrices at a time.
+One forward pass without gradients (timm's fused attention kept) records the tokens between the blocks;
+then one backward pass, a block at a time from block L down, carries ∂y_c/∂(tokens) and yields each
+block's A_l and ∇A_l (:func:`~tscam_explain.vit.block_attention_gradient`). Only the class token's row
+of R is needed, and R = (I + Ā_L) ⋯ (I + Ā_1), so the row is carried down alongside the gradient
+(r ← r + r Ā_l): no N × N relevance matrix, one block's activations at a time.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Dict, Tuple
 
 import torch
 
-from ..vit import AttentionRecord, AttentionRecorder, TokenLayout, token_layout
-from .attention import AttentionExplainer, forward_with_activation_graph
+from ..vit import TokenLayout, block_attention_gradient
+from .attention import GradientAttentionExplainer, score_gradient
 from .base import warn_eigen_smooth_unused
 
 
-class CheferExplainer(AttentionExplainer):
+class CheferExplainer(GradientAttentionExplainer):
     """Gradient-weighted attention relevance (Chefer et al., ICCV 2021): one forward and one backward pass.
 
     Args:
@@ -34,35 +34,19 @@ class CheferExplainer(AttentionExplainer):
         ...     maps = cam(input_tensor, targets=[ClassifierOutputTarget(281)])
     """
 
-    needs_classifier = True
-
-    def _forward(self, input_tensor: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
-        layout = token_layout(self._vit, tuple(input_tensor.shape[-2:]))
-        with AttentionRecorder(self._vit, values=True, outputs=True) as recorder:
-            logits = forward_with_activation_graph(self.model, input_tensor)
-        return logits.detach(), (layout, logits, recorder.records)
-
-    def _class_maps(self, context: Tuple[TokenLayout, torch.Tensor, Dict[int, AttentionRecord]],
-                    classes: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+    def _class_maps(self, context: Tuple[TokenLayout, Dict[int, torch.Tensor]], classes: torch.Tensor,
+                    eigen_smooth: bool) -> torch.Tensor:
         if eigen_smooth:
             warn_eigen_smooth_unused(type(self).__name__)
-        layout, logits, records = context
-        order = sorted(records, reverse=True)  # block L first: the class token's row is carried downwards
-        with torch.enable_grad():  # images are independent: one backward pass for the batch
-            score = logits.gather(1, classes[:, None]).sum()
-        gradients = torch.autograd.grad(score, [records[index].output for index in order])
-        row = torch.zeros(logits.shape[0], 1, records[order[0]].query.shape[2], device=logits.device)
+        layout, tokens = context
+        depth = len(self._vit.blocks)
+        grad = score_gradient(self._model_score(layout), tokens.pop(depth), classes)
+        row = grad.new_zeros(grad.shape[0], 1, grad.shape[1], dtype=torch.float32)
         row[:, 0, 0] = 1.0
-        for index, output_grad in zip(order, gradients):
-            row = row + row @ relevance_weights(records.pop(index), output_grad)
+        for index in reversed(range(depth)):
+            step = block_attention_gradient(self._vit, index, tokens.pop(index), grad, input_grad=index > 0)
+            weights = step.gradient.mul_(step.probabilities).clamp_(min=0).mean(dim=1)  # Ā_l at its rows
+            row = row + row[:, :, step.rows] @ weights  # Ā_l is zero at the other rows
+            grad = step.input_grad
+            del step, weights  # the N × N matrices go before the next block's are made
         return row[:, 0, layout.num_prefix_tokens:].reshape(row.shape[0], *layout.grid)
-
-
-def relevance_weights(record: AttentionRecord, output_grad: torch.Tensor) -> torch.Tensor:
-    """Ā = E_h[(∇A_h ⊙ A_h)⁺], (B, N, N) float32."""
-    total = None
-    for heads in record.head_groups():
-        weighted = record.probability_gradient(output_grad, heads).mul_(record.probabilities(heads))
-        part = weighted.clamp_(min=0).sum(dim=1)
-        total = part if total is None else total.add_(part)
-    return total.div_(record.num_heads)

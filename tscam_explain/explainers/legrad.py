@@ -11,27 +11,29 @@ L2-normalises the feature and differentiates its similarity to a text embedding,
 layer on by default. For a classifier we keep the model's own pooling and the raw class logit;
 ``pooling="mean"`` scores the mean of all final-normed tokens instead, closer to the official code.
 
-∂s_l/∂A_l = (∂s_l/∂O_l) V_lᵀ, with O_l = A_l V_l the block's attention output: no attention weights are
-needed, only v and the gradient at O_l, recorded with timm's fused attention kept. s_l depends on block l's
-attention only through block l's own projection and MLP, so each block's backward pass is short.
+One forward pass without gradients (timm's fused attention kept) records the tokens between the blocks.
+s_l depends on block l's attention only through block l's own projection and MLP, so each block's gradient
+is one short backward pass from the tokens after it through that block alone
+(:func:`~tscam_explain.vit.block_attention_gradient`). Where the score reads a few tokens (a CLS-token
+head), only those rows of ∇A_l are non-zero, and only they are computed.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import ttach
 
 from ..models.tscam import TSCAM
-from ..vit import AttentionRecord, AttentionRecorder, TokenLayout, resolve_block_indices, token_class_scores, token_layout
-from .attention import AttentionExplainer, forward_with_activation_graph
+from ..vit import TokenLayout, block_attention_gradient, resolve_block_indices, token_class_scores
+from .attention import GradientAttentionExplainer, score_gradient
 from .base import warn_eigen_smooth_unused
 
 POOLINGS = ("model", "mean")
 
 
-class LeGradExplainer(AttentionExplainer):
+class LeGradExplainer(GradientAttentionExplainer):
     """LeGrad: per block, the positive gradient of the block's class score w.r.t. its attention, summed.
 
     Args:
@@ -48,7 +50,6 @@ class LeGradExplainer(AttentionExplainer):
     """
 
     needs_class_token = False
-    needs_classifier = True
 
     def __init__(self, model: nn.Module, blocks: Optional[Sequence[int]] = None, pooling: str = "model",
                  tta_transforms: Optional[ttach.Compose] = None) -> None:
@@ -61,46 +62,29 @@ class LeGradExplainer(AttentionExplainer):
         self.blocks = resolve_block_indices(self._vit, blocks)
         self.pooling = pooling
 
-    def _forward(self, input_tensor: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
-        layout = token_layout(self._vit, tuple(input_tensor.shape[-2:]))
-        recorder = AttentionRecorder(self._vit, self.blocks, values=True, outputs=True, tokens=True)
-        with recorder:
-            logits = forward_with_activation_graph(self.model, input_tensor)
-        return logits.detach(), (layout, recorder.records)
+    def _token_positions(self) -> List[int]:
+        # block l's input and output
+        return sorted({position for index in self.blocks for position in (index, index + 1)})
 
     def _layer_score(self, layout: TokenLayout) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``score(tokens, classes)``: (B,) class scores of a block's output tokens (B, N, D)."""
         vit = self._vit
         if self.pooling == "mean":
             return lambda tokens, classes: token_class_scores(vit, vit.norm(tokens).mean(1, keepdim=True), classes)[:, 0]
-        if isinstance(self.model, TSCAM):
-            head = lambda tokens: self.model.forward_head(vit.norm(tokens), layout).logits  # noqa: E731
-        else:
-            head = lambda tokens: vit.forward_head(vit.norm(tokens))  # noqa: E731
-        return lambda tokens, classes: head(tokens).gather(1, classes[:, None])[:, 0]
+        return self._model_score(layout)
 
-    def _class_maps(self, context: Tuple[TokenLayout, dict], classes: torch.Tensor,
+    def _class_maps(self, context: Tuple[TokenLayout, Dict[int, torch.Tensor]], classes: torch.Tensor,
                     eigen_smooth: bool) -> torch.Tensor:
         if eigen_smooth:
             warn_eigen_smooth_unused(type(self).__name__)
-        layout, records = context
+        layout, tokens = context
         score = self._layer_score(layout)
         total = None
         for index in self.blocks:
-            record = records.pop(index)
-            with torch.enable_grad():
-                block_score = score(record.tokens, classes).sum()  # images are independent: one backward per block
-            # s_l reaches block l's attention through block l alone, so each block's graph is used once
-            output_grad, = torch.autograd.grad(block_score, record.output)
-            relevance = layer_relevance(record, output_grad)
+            grad = score_gradient(score, tokens[index + 1], classes)
+            step = block_attention_gradient(self._vit, index, tokens.pop(index), grad)
+            # E_l: max(∇A_l, 0) averaged over all N query rows (zero outside step.rows), then over heads
+            relevance = step.gradient.clamp_(min=0).sum(dim=2).mean(dim=1).div_(grad.shape[1])
             total = relevance if total is None else total.add_(relevance)
+            del step, grad  # the N × N matrices go before the next block's are made
         return total[:, layout.num_prefix_tokens:].reshape(classes.shape[0], *layout.grid)
-
-
-def layer_relevance(record: AttentionRecord, output_grad: torch.Tensor) -> torch.Tensor:
-    """E_l: mean over heads and query rows of max(∂s/∂A, 0), (B, N) float32 over all key tokens."""
-    total = None
-    for heads in record.head_groups():
-        part = record.probability_gradient(output_grad, heads).clamp_(min=0).mean(dim=2).sum(dim=1)
-        total = part if total is None else total.add_(part)
-    return total.div_(record.num_heads)
