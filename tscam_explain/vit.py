@@ -710,6 +710,7 @@ def _standard_block_attention_gradient(block: nn.Module, tokens: torch.Tensor, o
     # itself is not re-run
     scaled = grad * block.ls2.gamma if isinstance(block.ls2, LayerScale) else grad
     hidden_grad = scaled.to(mlp.fc2.weight.dtype) @ mlp.fc2.weight.detach()
+    del scaled
     tokens = tokens.detach().requires_grad_(input_grad)
     # eval mode: the dropouts and drop paths are identities and are left out. Intermediates are not named
     # beyond their last use, so that each is freed as soon as autograd no longer needs it
@@ -733,12 +734,8 @@ def _standard_block_attention_gradient(block: nn.Module, tokens: torch.Tensor, o
         middle = residual + block.ls1(_linear_without_weight_grad(attn.proj, attended))
         del attended, residual
         hidden = mlp.norm(mlp.act(_linear_without_weight_grad(mlp.fc1, block.norm2(middle))))
-        # ⟨grad, middle⟩ + ⟨∂L/∂hidden, hidden⟩ has the block's gradient; as a scalar (dot products, no
-        # product tensor), neither hidden nor its gradient has to outlive it
-        surrogate = (torch.dot(middle.flatten(), grad.to(middle.dtype).flatten())
-                     + torch.dot(hidden.flatten(), hidden_grad.to(hidden.dtype).flatten()))
-    del middle, hidden, hidden_grad, scaled
-    grads = torch.autograd.grad(surrogate, [probabilities, tokens] if input_grad else [probabilities])
+    grads = torch.autograd.grad([middle, hidden], [probabilities, tokens] if input_grad else [probabilities],
+                                [grad.to(middle.dtype), hidden_grad.to(hidden.dtype)])
     return BlockAttentionGradient(rows=rows, probabilities=probabilities.detach(), gradient=grads[0],
                                   input_grad=grads[1] if input_grad else None)
 
