@@ -69,7 +69,8 @@ class GradientAttentionExplainer(AttentionExplainer):
     between the blocks (:class:`~tscam_explain.vit.BlockTokenRecorder`) and gives the logits, hence the
     classes. The gradients are then taken one block at a time from those tokens
     (:func:`~tscam_explain.vit.block_attention_gradient`), so that peak memory holds one block's
-    activations, not all of them (DeiT-S, batch 8: 2–3 × a plain forward instead of 7 ×).
+    activations, not all of them (DeiT-S, batch 8: 2.45× and 1.67× a plain forward's memory instead of 7.1×;
+    docs/benchmarks.md).
     """
 
     needs_classifier = True
