@@ -272,7 +272,9 @@ typedef struct {
  * the surviving root. */
 static inline int32_t join_heads(Forest *forest, int32_t root, int32_t p, const int8_t *heads, const int32_t ring[8]) {
     for (; *heads >= 0; heads++) {
-        const int32_t other = find_root(forest->parent, p + ring[*heads]);
+        const int32_t n = p + ring[*heads];
+        if (forest->parent[n] == root) continue; /* a direct member of root's set */
+        const int32_t other = find_root(forest->parent, n);
         if (other != root) root = merge_roots(forest, root, other);
     }
     return root;
@@ -300,7 +302,10 @@ static inline int join_foreground(Forest *forest, int32_t p, int32_t x, int32_t 
         root = p;
     } else {
         const int8_t *heads = run_heads[code];
-        root = join_heads(forest, find_root(forest->parent, p + ring[heads[0]]), p, heads + 1, ring);
+        const int32_t first = p + ring[heads[0]];
+        /* most often a member joined straight to the set of the pixel joined last (still a root) */
+        root = forest->parent[first] == last->root ? last->root : find_root(forest->parent, first);
+        root = join_heads(forest, root, p, heads + 1, ring);
         add_to_set(forest, p, root, x, y, area2_change[code], euler4_change[code]);
     }
     last->pixel = p;
@@ -340,13 +345,7 @@ static int sweep_components(Forest *forest, Records *records, const Pixels *pixe
 static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, const Levels *levels,
                        Py_ssize_t last) {
     const int32_t row = (int32_t)pixels->padded_width, four[4] = {-row, 1, row, -1};
-    int32_t touching[16][4]; /* by which of the four neighbours are in (bit i: four[i]), their offsets */
-    int touching_count[16];
-    for (unsigned code = 0; code < 16; code++) {
-        touching_count[code] = 0;
-        for (int i = 0; i < 4; i++)
-            if (code >> i & 1) touching[code][touching_count[code]++] = four[i];
-    }
+    static const int8_t lowest_bit[16] = {0, 0, 1, 0, 2, 0, 1, 0, 3, 0, 1, 0, 2, 0, 1, 0};
     uint8_t *in = forest->in;
     int32_t *parent = forest->parent;
     for (Py_ssize_t band = 0; band <= last; band++) {
@@ -361,22 +360,37 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
             forest->n_live = 0;
             continue;
         }
+        Last last = {-2, -1};
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
             const int32_t p = pixels->order[2 * k], xy = pixels->order[2 * k + 1];
+            /* bit i: neighbour four[i] is in */
             const unsigned code = (unsigned)in[p - row] | (unsigned)in[p + 1] << 1 | (unsigned)in[p + row] << 2 |
                                   (unsigned)in[p - 1] << 3;
             in[p] = 1;
-            const int count = touching_count[code];
-            if (!count) {
+            unsigned rest = code; /* the neighbours whose sets are still to be joined */
+            int32_t root = -1;
+            if (p == last.pixel + 1) {
+                /* the left neighbour joined just before: its root is known.  The neighbour above is in
+                 * its set if the one above-left is in (4-adjacent to both), the one below likewise with
+                 * below-left; the right one is in the set of the one above (below) if above-right
+                 * (below-right) is in */
+                root = last.root;
+                rest &= ~8u;
+                if (in[p - row - 1]) rest &= ~1u;
+                if (in[p + row - 1]) rest &= ~4u;
+                if (((code & 1u) && in[p - row + 1]) || ((code & 4u) && in[p + row + 1])) rest &= ~2u;
+            } else if (!code) {
                 new_set(forest, p, xy & 0xffff, xy >> 16);
+                last.pixel = last.root = p;
                 continue;
             }
-            int32_t root = find_root(forest->parent, p + touching[code][0]);
-            for (int i = 1; i < count; i++) {
-                int32_t other = find_root(forest->parent, p + touching[code][i]);
-                if (other != root) root = merge_roots(forest, root, other);
+            for (; rest; rest &= rest - 1) {
+                const int32_t other = find_root(parent, p + four[lowest_bit[rest]]);
+                root = root < 0 ? other : other == root ? root : merge_roots(forest, root, other);
             }
             add_to_set(forest, p, root, xy & 0xffff, xy >> 16, 0, 0);
+            last.pixel = p;
+            last.root = root;
         }
         if (levels->holes[band] && record_live(forest, records, levels->columns[band])) return -1;
     }
