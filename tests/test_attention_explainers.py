@@ -210,6 +210,20 @@ def test_model_left_as_it_was_even_when_a_call_fails(name, images):
     assert all(torch.equal(before[0][key], after[0][key]) for key in before[0])
 
 
+@pytest.mark.parametrize("name", ["chefer", "legrad"])
+@pytest.mark.parametrize("block_fn", [None, ResPostBlock], ids=["standard", "ResPostBlock"])
+def test_gradient_methods_ignore_the_models_gradient_checkpointing(name, block_fn, images):
+    """Each block is re-run on its own, outside the model's forward, so a model trained with gradient
+    checkpointing gives the same maps, and the flag stays set."""
+    model = tiny_vit(**({} if block_fn is None else dict(block_fn=block_fn)))
+    with make_explainer(name, model) as cam:
+        expected = cam.attribute(images, [1, 2, 3], upsample=False)
+    model.set_grad_checkpointing(True)
+    with make_explainer(name, model) as cam:
+        torch.testing.assert_close(cam.attribute(images, [1, 2, 3], upsample=False), expected)
+    assert model.grad_checkpointing
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as stream:
         return int(stream.read().split()[1]) * resource.getpagesize() / 2 ** 20

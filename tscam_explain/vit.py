@@ -481,6 +481,9 @@ class AttentionRecorder:
         on_attention: ``on_attention(index, record)`` is called as soon as block ``index``'s q and k (and v)
             exist; the record is then dropped instead of kept, so that a method consuming one block at a
             time never holds all blocks' q and k.
+        blocks_called_alone: the recorded blocks are run one by one (``model.blocks[i](tokens)``), not
+            through the model's forward, so the model's gradient checkpointing (which its forward applies)
+            does not keep ``outputs`` out of the graph.
 
     Example:
         >>> with AttentionRecorder(vit, values=True, outputs=True) as recorder:
@@ -489,13 +492,13 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: VisionTransformer, blocks: Optional[Sequence[int]] = None, *, values: bool = False,
-                 outputs: bool = False,
-                 on_attention: Optional[Callable[[int, AttentionRecord], None]] = None) -> None:
+                 outputs: bool = False, on_attention: Optional[Callable[[int, AttentionRecord], None]] = None,
+                 blocks_called_alone: bool = False) -> None:
         check_vit(model, needs_class_token=False)
         if on_attention is not None and outputs:
             raise ValueError("on_attention consumes each block's q and k at once; it cannot be combined with "
                              "outputs, which are kept for a backward pass")
-        if outputs and getattr(model, "grad_checkpointing", False):
+        if outputs and not blocks_called_alone and getattr(model, "grad_checkpointing", False):
             raise ValueError("the model uses gradient checkpointing, which recomputes the blocks during backward, "
                              "so recorded tensors would not be in the graph; call model.set_grad_checkpointing(False)")
         self.block_indices = resolve_block_indices(model, blocks)
@@ -669,7 +672,8 @@ def block_attention_gradient(model: VisionTransformer, index: int, tokens: torch
     if _has_standard_parts(block):
         return _standard_block_attention_gradient(block, tokens, output_grad, input_grad)
     tokens = tokens.detach().requires_grad_(True)
-    with AttentionRecorder(model, [index], values=True, outputs=True) as recorder, torch.enable_grad():
+    with AttentionRecorder(model, [index], values=True, outputs=True, blocks_called_alone=True) as recorder, \
+            torch.enable_grad():
         output = block(tokens)
     record = recorder.records[index]
     grads = torch.autograd.grad(output, [record.output, tokens] if input_grad else [record.output], output_grad)
