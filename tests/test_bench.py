@@ -145,3 +145,23 @@ def test_bench_command_end_to_end(tmp_path, capsys):
         with Image.open(out / f"{name}.png") as image:
             pixels = np.asarray(image.convert("L"))
         assert pixels.std() > 5, f"{name}.png is blank"
+
+
+def test_cost_quality_labels_of_close_points_do_not_overlap():
+    """Explainers of equal cost and quality (TS-CAM and its ablations) get labels stacked, not printed over
+    each other; a label with room keeps its place just above its point."""
+    import matplotlib.pyplot as plt
+    from tscam_explain.bench.figures import _place_labels
+    figure, axis = plt.subplots()
+    points = [(1.0, 30.0, "tscam @a"), (1.0, 30.2, "transattention @a"), (50.0, 30.1, "scorecam @a"), (1.0, 10.0, "x")]
+    for cost, quality, _ in points:
+        axis.scatter([cost], [quality])
+    axis.set_xscale("log")
+    _place_labels(figure, axis, points)
+    # each label's baseline in points: its point's height plus its offset
+    baselines = {note.get_text(): axis.transData.transform(note.xy)[1] * 72 / figure.dpi + note.xyann[1]
+                 for note in axis.texts}
+    offsets = {note.get_text(): note.xyann[1] for note in axis.texts}
+    plt.close(figure)
+    assert baselines["tscam @a"] <= baselines["transattention @a"] - 9  # stacked below: a label's height apart
+    assert offsets["transattention @a"] == offsets["scorecam @a"] == offsets["x"] == 3

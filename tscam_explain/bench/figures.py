@@ -141,17 +141,38 @@ def _gt_known_curves(report: "BenchReport", path: Path) -> Path:
 
 def _cost_quality(report: "BenchReport", path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    points = []
     for row in report.rows():
         cost = lookup(row, ("cost", "x_forward"))
         quality = lookup(row, ("localization", "maxboxacc", "MaxBoxAccV2", "mean"))
-        if cost is None or quality is None:
-            continue
-        axis.scatter([cost], [quality], s=30)
-        axis.annotate(f"{row['explainer']} @{row['model']}", (cost, quality), fontsize=7, xytext=(4, 3),
-                      textcoords="offset points")
+        if cost is not None and quality is not None:
+            axis.scatter([cost], [quality], s=30)
+            points.append((cost, quality, f"{row['explainer']} @{row['model']}"))
     axis.set_xscale("log")
+    _place_labels(figure, axis, points)
     return _finish(figure, axis, path, "time per image (× plain forward, log scale)", "MaxBoxAccV2 (%)",
                    "Cost against localisation quality")
+
+
+def _place_labels(figure, axis, points: Sequence[Tuple[float, float, str]], fontsize: int = 7) -> None:
+    """Label each point to its right, moving a label down below any label it would overlap (points that
+    sit close together, as explainers of equal cost and quality do, would otherwise print over each other)."""
+    axis.autoscale_view()
+    to_points = 72.0 / figure.dpi
+    line, char = fontsize + 2.0, 0.55 * fontsize  # a label's height and a character's mean width, in points
+    placed: List[Tuple[float, float, float]] = []  # (left, right, baseline) of each label, in points
+    located = [(axis.transData.transform((cost, quality)) * to_points, cost, quality, text)
+               for cost, quality, text in points]
+    for (x, y), cost, quality, text in sorted(located, key=lambda item: -item[0][1]):
+        left, right, baseline = x + 4, x + 4 + char * len(text), y + 3
+        moved = True
+        while moved:
+            moved = False
+            for other_left, other_right, other_baseline in placed:
+                if left < other_right and other_left < right and abs(baseline - other_baseline) < line:
+                    baseline, moved = other_baseline - line, True
+        placed.append((left, right, baseline))
+        axis.annotate(text, (cost, quality), fontsize=fontsize, xytext=(4, baseline - y), textcoords="offset points")
 
 
 def _finish(figure, axis, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
