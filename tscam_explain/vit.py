@@ -292,6 +292,14 @@ def check_standard_block(block: nn.Module) -> nn.Module:
     return block
 
 
+def _split_heads(attn: nn.Module, qkv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, heads, N, head_dim) from ``attn.qkv``'s output (B, N, 3 · heads · head_dim), timm's
+    layout, with q and k through the block's ``q_norm`` / ``k_norm``."""
+    batch, count, _ = qkv.shape
+    query, key, value = qkv.reshape(batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(query), attn.k_norm(key), value
+
+
 def block_forward_with_softmax(block: nn.Module, tokens: torch.Tensor,
                                softmax: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Run a timm ``Block`` with its attention weights computed by ``softmax`` instead of the softmax.
@@ -310,10 +318,7 @@ def block_forward_with_softmax(block: nn.Module, tokens: torch.Tensor,
     """
     attn = check_standard_block(block).attn
     normed = block.norm1(tokens)
-    batch, count, _ = normed.shape
-    qkv = attn.qkv(normed).reshape(batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    query, key, value = qkv.unbind(0)
-    query, key = attn.q_norm(query), attn.k_norm(key)
+    query, key, value = _split_heads(attn, attn.qkv(normed))
     weights = attn.attn_drop(softmax((query * attn.scale) @ key.transpose(-2, -1)))
     attended = (weights.to(value.dtype) @ value).transpose(1, 2).flatten(2)
     attended = attn.norm(attended)
@@ -702,7 +707,7 @@ def _linear_without_weight_grad(layer: nn.Linear, inputs: torch.Tensor) -> torch
 def _standard_block_attention_gradient(block: nn.Module, tokens: torch.Tensor, output_grad: torch.Tensor,
                                        input_grad: bool) -> BlockAttentionGradient:
     attn, mlp = block.attn, block.mlp
-    batch, count, _ = tokens.shape
+    count = tokens.shape[1]
     # rows whose output gradient is zero get zero attention gradient (attention mixes keys, not queries,
     # and everything after it acts token by token): only the others are recomputed
     rows = output_grad.detach().abs().amax(dim=(0, 2)).nonzero()[:, 0]
@@ -720,9 +725,7 @@ def _standard_block_attention_gradient(block: nn.Module, tokens: torch.Tensor, o
     # beyond their last use, so that each is freed as soon as autograd no longer needs it
     with torch.enable_grad():
         normed = block.norm1(tokens)
-        query, key, value = _linear_without_weight_grad(attn.qkv, normed).reshape(
-            batch, count, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        query, key = attn.q_norm(query), attn.k_norm(key)
+        query, key, value = _split_heads(attn, _linear_without_weight_grad(attn.qkv, normed))
         residual = tokens if every_row else tokens[:, rows]
         if not every_row:
             query, normed = query[:, :, rows], normed[:, rows]

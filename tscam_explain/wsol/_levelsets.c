@@ -360,7 +360,7 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
             forest->n_live = 0;
             continue;
         }
-        Last last = {-2, -1};
+        Last joined = {-2, -1}; /* the pixel joined last in this band, and its root */
         for (Py_ssize_t k = pixels->band_start[band]; k < end; k++) {
             const int32_t p = pixels->order[2 * k], xy = pixels->order[2 * k + 1];
             /* bit i: neighbour four[i] is in */
@@ -369,19 +369,19 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
             in[p] = 1;
             unsigned rest = code; /* the neighbours whose sets are still to be joined */
             int32_t root = -1;
-            if (p == last.pixel + 1) {
+            if (p == joined.pixel + 1) {
                 /* the left neighbour joined just before: its root is known.  The neighbour above is in
                  * its set if the one above-left is in (4-adjacent to both), the one below likewise with
                  * below-left; the right one is in the set of the one above (below) if above-right
                  * (below-right) is in */
-                root = last.root;
+                root = joined.root;
                 rest &= ~8u;
                 if (in[p - row - 1]) rest &= ~1u;
                 if (in[p + row - 1]) rest &= ~4u;
                 if (((code & 1u) && in[p - row + 1]) || ((code & 4u) && in[p + row + 1])) rest &= ~2u;
             } else if (!code) {
                 new_set(forest, p, xy & 0xffff, xy >> 16);
-                last.pixel = last.root = p;
+                joined.pixel = joined.root = p;
                 continue;
             }
             for (; rest; rest &= rest - 1) {
@@ -389,8 +389,8 @@ static int sweep_holes(Forest *forest, Records *records, const Pixels *pixels, c
                 root = root < 0 ? other : other == root ? root : merge_roots(forest, root, other);
             }
             add_to_set(forest, p, root, xy & 0xffff, xy >> 16, 0, 0);
-            last.pixel = p;
-            last.root = root;
+            joined.pixel = p;
+            joined.root = root;
         }
         if (levels->holes[band] && record_live(forest, records, levels->columns[band])) return -1;
     }
